@@ -1,0 +1,111 @@
+"""Models: ``create(name, num_classes)`` returns a :class:`Classifier` = backbone + head.
+
+Names are the local low-resolution nets (:data:`LOCAL_MODELS`) or any timm model name
+(``resnet18``, ``vit_small_patch16_224`` ...; built without pretrained weights since nothing is
+downloaded at run time). ``low_res_stem=True`` turns a timm ResNet's 7x7/2 stem and max-pool
+into a 3x3/1 stem without pooling, the usual change for 32-64 px inputs.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from hundred.errors import HundredError
+from hundred.models.backbones import CifarResNet, ConvNet
+from hundred.models.heads import HEADS, CosineHead, LinearHead
+
+__all__ = ["Classifier", "CosineHead", "LinearHead", "LOCAL_MODELS", "create", "create_backbone"]
+
+
+class TimmBackbone(nn.Module):
+    """Wraps a timm model built with ``num_classes=0`` so that it returns pooled features."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.feature_dim = int(model.num_features)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+def _timm_backbone(name: str, *, low_res_stem: bool = False, **kwargs: Any) -> nn.Module:
+    import timm
+
+    if name not in timm.list_models():
+        raise HundredError(f"unknown model {name!r}: not a local model ({', '.join(LOCAL_MODELS)}) "
+                           f"nor a timm model name (see timm.list_models())")
+    model = timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
+    if low_res_stem:
+        if not (hasattr(model, "conv1") and hasattr(model, "maxpool")):
+            raise HundredError(f"low_res_stem applies to ResNet-style models, not {name!r}")
+        model.conv1 = nn.Conv2d(3, model.conv1.out_channels, 3, 1, 1, bias=False)
+        model.maxpool = nn.Identity()
+    return TimmBackbone(model)
+
+
+def _vit_32(**kwargs: Any) -> nn.Module:
+    """A small ViT for 32 px: 4x4 patches (64 tokens), width 192, depth 9, 3 heads, MLP ratio 2."""
+    from timm.models.vision_transformer import VisionTransformer
+
+    options = dict(img_size=32, patch_size=4, embed_dim=192, depth=9, num_heads=3, mlp_ratio=2.0)
+    options.update(kwargs)
+    return TimmBackbone(VisionTransformer(num_classes=0, **options))
+
+
+# name -> (builder, description). Builders take keyword options and return a backbone.
+LOCAL_MODELS: dict[str, tuple[Callable[..., nn.Module], str]] = {
+    "resnet20": (lambda **kw: CifarResNet(20, **kw), "CIFAR ResNet-20, 0.27M params, 64-d features"),
+    "resnet32": (lambda **kw: CifarResNet(32, **kw), "CIFAR ResNet-32, 0.46M params (CIL standard)"),
+    "resnet56": (lambda **kw: CifarResNet(56, **kw), "CIFAR ResNet-56, 0.85M params"),
+    "resnet18_lowres": (lambda **kw: _timm_backbone("resnet18", low_res_stem=True, **kw),
+                        "timm ResNet-18 with a 3x3/1 stem and no max-pool, for 32-64 px"),
+    "convnet_d3": (lambda **kw: ConvNet(depth=3, **kw), "ConvNet-D3 (width 128, instance norm)"),
+    "convnet_d4": (lambda **kw: ConvNet(depth=4, **kw), "ConvNet-D4 (width 128, instance norm)"),
+    "vit_tiny_p4_32": (_vit_32, "small ViT for 32 px: patch 4, width 192, depth 9"),
+}
+
+
+def create_backbone(name: str, **kwargs: Any) -> nn.Module:
+    """A backbone with ``forward_features(x) -> (B, D)`` and ``feature_dim``."""
+    if name in LOCAL_MODELS:
+        try:
+            return LOCAL_MODELS[name][0](**kwargs)
+        except TypeError as error:
+            raise HundredError(f"model {name}: {error}") from None
+    return _timm_backbone(name, **kwargs)
+
+
+class Classifier(nn.Module):
+    """Backbone + head. ``forward`` gives logits; ``features`` gives the backbone's features."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self.backbone.feature_dim)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.backbone.forward_features(x)
+
+    def forward(self, x: torch.Tensor, return_features: bool = False
+                ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Logits, or ``(logits, features)``. Methods call the model (not ``features``) so
+        that DDP sees the forward pass."""
+        features = self.features(x)
+        logits = self.head(features)
+        return (logits, features) if return_features else logits
+
+
+def create(name: str, num_classes: int, head: str = "linear", **kwargs: Any) -> Classifier:
+    """Build ``name`` (local or timm) with a ``head`` ("linear" or "cosine") for ``num_classes``."""
+    if head not in HEADS:
+        raise HundredError(f"unknown head {head!r}; choose from {', '.join(HEADS)}")
+    backbone = create_backbone(name, **kwargs)
+    return Classifier(backbone, HEADS[head](backbone.feature_dim, num_classes))
