@@ -1,0 +1,682 @@
+"""Packing: decode and resize a dataset once into uint8 arrays that load at memory speed.
+
+A packed directory holds, per split, ``{split}_images.npy`` (uint8 ``N, R, R, 3``) and
+``{split}_labels.npy`` (int64), plus ``meta.json``: classes, counts, the sha256 of every
+array, what was skipped and why, and where the data came from (principle 3).
+
+How it stays safe and bounded at ImageNet scale:
+
+* **Validate first.** Resolution, resize mode, worker count, the output path, free disk
+  space and the source itself are checked before a single image is decoded.
+* **Bounded memory.** Each split's image array is preallocated on disk with
+  ``np.lib.format.open_memmap``; worker processes decode chunks of files and write straight
+  into their rows of that file, so neither the pixels nor the pipe between processes ever
+  hold more than a few chunks.
+* **Skip and report.** A file that does not decode (see :mod:`hundred.data.decode`) is
+  dropped; the surviving rows are compacted in place and labels stay aligned. Skips are
+  listed in ``meta.json`` and printed; a class left with no images is a warning.
+* **Atomic.** Everything is built in a sibling ``OUT.partial-<pid>`` directory; ``meta.json``
+  is written last, then the directory is renamed to ``OUT``. A killed pack leaves no ``OUT``
+  at all, and :func:`verify` rejects any directory without ``meta.json`` or whose arrays
+  do not match their checksums.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing
+import os
+import re
+import shutil
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+from hundred.data import decode
+from hundred.data.dataset import ArraySplit, Dataset, FileSplit
+from hundred.errors import HundredError
+from hundred.io import sha256_file, write_json, write_npy
+
+FORMAT = "hundred-packed"
+FORMAT_VERSION = 1
+META = "meta.json"
+MIN_RES, MAX_RES = 4, 2048
+MAX_CHUNK = 64  # files per worker task: big enough to amortise IPC, small enough to balance
+COPY_ROWS = 1024  # rows moved at a time when compacting out skipped images
+SHOW_SKIPPED = 5  # skipped files printed on screen (all of them are in meta.json)
+SPLIT_NAME = re.compile(r"[A-Za-z0-9_-]+")
+
+
+# ------------------------------------------------------------------------------ validation
+
+
+def _check_arguments(res: Any, resize: str, workers: int | None) -> None:
+    if isinstance(res, bool) or not isinstance(res, (int, np.integer)) \
+            or not MIN_RES <= res <= MAX_RES:
+        raise HundredError(f"--res must be an integer in [{MIN_RES}, {MAX_RES}], got {res!r}")
+    if resize not in decode.RESIZE_MODES:
+        raise HundredError(f"--resize must be one of {', '.join(decode.RESIZE_MODES)}, got {resize!r}")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
+                                or workers < 1):
+        raise HundredError(f"--workers must be a positive integer, got {workers!r}")
+
+
+def _check_out(out: Path, force: bool) -> None:
+    """Refuse an existing ``out``; with ``force`` replace only what is safe to delete.
+
+    ``--force`` never deletes a directory that is not a packed dataset (or empty): a typo
+    such as ``--out ~`` must not wipe a home directory.
+    """
+    if not out.exists() and not out.is_symlink():
+        return
+    if not force:
+        raise HundredError(f"{out} already exists; choose another --out or pass --force to replace it")
+    if not out.is_dir() or out.is_symlink() or not (is_packed(out) or not any(out.iterdir())):
+        raise HundredError(
+            f"{out} exists and is not a packed dataset; refusing to replace it even with "
+            f"--force (delete it yourself if that is what you want)"
+        )
+
+
+def _check_dataset(dataset: Dataset) -> None:
+    if not dataset.splits:
+        raise HundredError(f"{dataset.name} has no splits to pack")
+    if dataset.num_classes == 0:
+        raise HundredError(f"{dataset.name} has no classes")
+    for name, split in dataset.splits.items():
+        if not SPLIT_NAME.fullmatch(name):
+            raise HundredError(f"{dataset.name}: split name {name!r} is not a plain word")
+        labels = split.labels
+        if len(labels) and (not np.issubdtype(labels.dtype, np.integer)
+                            or labels.min() < 0 or labels.max() >= dataset.num_classes):
+            raise HundredError(
+                f"{dataset.name}/{name}: labels must be integers in [0, {dataset.num_classes})"
+            )
+
+
+def _check_space(out: Path, dataset: Dataset, res: int) -> None:
+    """Fail up front, not after an hour of decoding, when the arrays cannot fit on disk."""
+    rows = sum(len(split) for split in dataset.splits.values())
+    needed = rows * (res * res * 3 + 8) + (1 << 20)
+    existing = out.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    free = shutil.disk_usage(existing).free
+    if needed > free:
+        raise HundredError(
+            f"packing {rows} images at {res}x{res} needs {needed / 1e9:.2f} GB, "
+            f"but {existing} has {free / 1e9:.2f} GB free"
+        )
+
+
+def _available_cpus() -> int:
+    """Cores this process may use (respects CPU affinity / container limits where visible)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
+def _open(source: str | Dataset, options: dict[str, Any] | None) -> tuple[Dataset, str | None]:
+    from hundred.data.sources import open_source
+
+    if isinstance(source, Dataset):
+        if options:
+            raise HundredError("options apply to a source spec, not to a Dataset object")
+        return source, None
+    return open_source(str(source), **(options or {})), str(source)
+
+
+# -------------------------------------------------------------------------------- decoding
+
+
+def _decode_chunk(task: tuple[str, int, list[str], int, str, bool]) -> tuple[int, list[tuple[int, str]]]:
+    """Decode ``files`` into rows ``start...`` of the ``.npy`` at ``images_path``.
+
+    Runs in a worker process: it opens the preallocated array itself (a shared file
+    mapping, so writes land in the one file) and returns only the skip reasons.
+    """
+    images_path, start, files, res, resize, draft = task
+    images = np.load(images_path, mmap_mode="r+")
+    skipped: list[tuple[int, str]] = []
+    for offset, file in enumerate(files):
+        result = decode.decode_image(file, res, resize=resize, draft=draft)
+        if isinstance(result, str):
+            skipped.append((start + offset, result))
+        else:
+            images[start + offset] = result
+    del images
+    return len(files), skipped
+
+
+def _fill_from_files(
+    images_path: Path, split: FileSplit, res: int, resize: str, draft: bool,
+    pool: Any, workers: int, advance: Callable[[int], None],
+) -> dict[int, str]:
+    """Decode every file of ``split`` into its row; returns ``{row: reason}`` for skips."""
+    chunk = max(1, min(MAX_CHUNK, math.ceil(len(split) / (workers * 4))))
+    files = [str(file) for file in split.files]
+    tasks = [(str(images_path), start, files[start:start + chunk], res, resize, draft)
+             for start in range(0, len(files), chunk)]
+    results: Iterable[tuple[int, list[tuple[int, str]]]]
+    results = pool.imap_unordered(_decode_chunk, tasks) if pool is not None and len(tasks) > 1 \
+        else map(_decode_chunk, tasks)
+    reasons: dict[int, str] = {}
+    for done, skipped in results:
+        reasons.update(skipped)
+        advance(done)
+    return reasons
+
+
+def _fill_from_arrays(
+    images_path: Path, split: ArraySplit, res: int, resize: str, advance: Callable[[int], None]
+) -> None:
+    """Copy (resizing where the resolution differs) already-decoded images into their rows."""
+    images = np.load(images_path, mmap_mode="r+")
+    for start in range(0, len(split), COPY_ROWS):
+        block = np.asarray(split.images[start:start + COPY_ROWS])
+        if block.shape[1:3] != (res, res):
+            block = np.stack([decode.resize_array(image, res, resize) for image in block])
+        images[start:start + len(block)] = block
+        advance(len(block))
+    images.flush()
+    del images
+
+
+def _compact(images_path: Path, keep: np.ndarray) -> None:
+    """Move the rows ``keep`` (ascending) to the front and cut the file to ``len(keep)`` rows.
+
+    Moving forward in ascending order never overwrites a row still to be read.
+    """
+    first_moved = int(np.argmax(keep != np.arange(len(keep)))) if len(keep) else 0
+    images = np.load(images_path, mmap_mode="r+")
+    if len(keep) and keep[first_moved] != first_moved:
+        for dst in range(first_moved, len(keep), COPY_ROWS):
+            src = keep[dst:dst + COPY_ROWS]
+            images[dst:dst + len(src)] = images[src]
+        images.flush()
+    row_shape = images.shape[1:]
+    del images
+    _truncate_rows(images_path, len(keep), row_shape)
+
+
+def _truncate_rows(path: Path, rows: int, row_shape: tuple[int, ...]) -> None:
+    """Shrink a C-ordered uint8 ``.npy`` to its first ``rows`` rows, in place.
+
+    numpy pads ``.npy`` headers so the first dimension can change without moving the data;
+    should the new header not fit exactly, the array is copied to a fresh file instead.
+    """
+    import io
+
+    with open(path, "r+b") as handle:
+        version = np.lib.format.read_magic(handle)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) \
+            else np.lib.format.read_array_header_2_0
+        read_header(handle)
+        data_offset = handle.tell()
+        header = io.BytesIO()
+        write_header = np.lib.format.write_array_header_1_0 if version == (1, 0) \
+            else np.lib.format.write_array_header_2_0
+        write_header(header, {"descr": "|u1", "fortran_order": False,
+                              "shape": (rows, *row_shape)})
+        if len(header.getvalue()) == data_offset:
+            handle.seek(0)
+            handle.write(header.getvalue())
+            handle.truncate(data_offset + rows * int(np.prod(row_shape)))
+            return
+    old = np.load(path, mmap_mode="r")
+    write_npy(path, np.asarray(old[:rows]))  # rare fallback; the rows fit in memory or not at all
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file or directory to disk, so a crash after the rename cannot lose data."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # directories cannot be opened on some platforms; best effort
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# ------------------------------------------------------------------------------------ pack
+
+
+def _jsonable(value: Any) -> Any:
+    """``Dataset.info`` made JSON-safe (paths, numpy scalars and arrays)."""
+    if isinstance(value, dict):
+        return {str(key): _jsonable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(item) for item in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def _few(items: list[str], limit: int = 8) -> str:
+    return ", ".join(items[:limit]) + (f" ... (+{len(items) - limit} more)" if len(items) > limit else "")
+
+
+def _progress(quiet: bool) -> Any:
+    """A rich progress bar with rate and ETA (disabled when ``quiet``)."""
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn,
+                               TextColumn, TimeElapsedColumn, TimeRemainingColumn)
+    from rich.text import Text
+
+    class RateColumn(ProgressColumn):
+        def render(self, task: Any) -> Text:
+            return Text(f"{task.speed:,.0f} img/s" if task.speed else "- img/s")
+
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(),
+        TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+        disable=quiet, transient=False,
+    )
+
+
+def _console(stderr: bool = False) -> Any:
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False, soft_wrap=True)  # paths stay on one line
+
+
+def pack(
+    source: str | Dataset,
+    *,
+    out: Path,
+    res: int,
+    resize: str = "shorter-crop",
+    workers: int | None = None,
+    draft: bool = True,
+    force: bool = False,
+    options: dict[str, Any] | None = None,
+    quiet: bool = False,
+) -> dict[str, Any]:
+    """Decode ``source`` (a spec string or a :class:`Dataset`) once into ``out``; returns meta.
+
+    ``res``: output side length; ``resize``: ``"shorter-crop"`` or ``"stretch"``;
+    ``workers``: decoding processes (default: usable cores); ``draft``: JPEG draft mode;
+    ``force``: replace an existing packed ``out``; ``options``: the source's options;
+    ``quiet``: no progress bar or summary (skips and warnings are still printed).
+    """
+    started = time.time()
+    out = Path(out).expanduser().absolute()
+    _check_arguments(res, resize, workers)
+    res = int(res)
+    workers = workers or _available_cpus()
+    _check_out(out, force)
+    dataset, spec = _open(source, options)
+    _check_dataset(dataset)
+    _check_space(out, dataset, res)
+
+    partial = out.with_name(f"{out.name}.partial-{os.getpid()}")
+    _warn_leftovers(out, partial)
+    try:
+        if partial.exists():  # left by an earlier failed call in this very process
+            shutil.rmtree(partial)
+        partial.mkdir(parents=True)
+    except OSError as error:
+        raise HundredError(f"cannot write the output next to {out}: {error}") from None
+    try:
+        meta = _pack_into(partial, dataset, spec, options, res, resize, draft, workers, quiet)
+        meta["seconds"] = round(time.time() - started, 2)
+        write_json(partial / META, meta)  # last: its presence marks a finished pack
+        _fsync(partial)
+        _publish(partial, out, force)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    _report(meta, out, quiet)
+    return meta
+
+
+def _pack_into(
+    partial: Path, dataset: Dataset, spec: str | None, options: dict[str, Any] | None,
+    res: int, resize: str, draft: bool, workers: int, quiet: bool,
+) -> dict[str, Any]:
+    """Write every split's arrays into ``partial``; return the meta (without writing it)."""
+    skipped: list[dict[str, str]] = [dict(entry) for entry in dataset.skipped]
+    splits_meta: dict[str, Any] = {}
+    files_meta: dict[str, Any] = {}
+    warnings: list[str] = []
+    decoding = workers > 1 and any(
+        isinstance(split, FileSplit) and len(split) > 1 for split in dataset.splits.values()
+    )
+    # The pool starts before the progress bar's refresh thread exists (safe to fork).
+    largest = max(len(split) for split in dataset.splits.values())
+    pool = multiprocessing.get_context().Pool(min(workers, largest)) if decoding else None
+    try:
+        with _progress(quiet) as progress:
+            for name, split in dataset.splits.items():
+                task = progress.add_task(f"{dataset.name} {name}", total=len(split))
+
+                def advance(count: int, task: Any = task) -> None:
+                    progress.advance(task, count)
+
+                images_path = partial / f"{name}_images.npy"
+                array = np.lib.format.open_memmap(
+                    images_path, mode="w+", dtype=np.uint8, shape=(len(split), res, res, 3)
+                )
+                del array  # workers and fillers reopen it by path
+                reasons: dict[int, str] = {}
+                if isinstance(split, ArraySplit):
+                    _fill_from_arrays(images_path, split, res, resize, advance)
+                else:
+                    reasons = _fill_from_files(images_path, split, res, resize, draft,
+                                               pool, workers, advance)
+                    skipped.extend(
+                        {"split": name, "file": str(split.files[row]), "reason": reason}
+                        for row, reason in sorted(reasons.items())
+                    )
+                keep = np.setdiff1d(np.arange(len(split)), np.fromiter(reasons, dtype=np.int64))
+                if len(keep) < len(split):
+                    _compact(images_path, keep)
+                labels = np.asarray(split.labels, dtype=np.int64)[keep]
+                labels_path = partial / f"{name}_labels.npy"
+                write_npy(labels_path, labels)
+                class_counts = np.bincount(labels, minlength=dataset.num_classes)
+                empty = [dataset.class_ids[c] for c in np.flatnonzero(class_counts == 0)]
+                if empty:
+                    warnings.append(f"{name}: {len(empty)} class(es) have no images: {_few(empty)}")
+                splits_meta[name] = {
+                    "count": int(len(labels)),
+                    "class_counts": class_counts.tolist(),
+                    "images": images_path.name,
+                    "labels": labels_path.name,
+                }
+                for path, dtype, shape in ((images_path, "uint8", [len(labels), res, res, 3]),
+                                           (labels_path, "int64", [len(labels)])):
+                    _fsync(path)
+                    files_meta[path.name] = {"sha256": sha256_file(path), "dtype": dtype,
+                                             "shape": shape, "bytes": path.stat().st_size}
+    finally:
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+
+    from hundred import __version__
+
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "name": dataset.name,
+        "source": spec,
+        "options": _jsonable(options or {}),
+        "list": _jsonable(dataset.info.get("list")),
+        "resolution": res,
+        "resize": resize,
+        "resample": decode.RESAMPLE_NAME,
+        "draft": bool(draft),
+        "num_classes": dataset.num_classes,
+        "class_ids": list(dataset.class_ids),
+        "class_names": list(dataset.class_names),
+        "splits": splits_meta,
+        "files": files_meta,
+        "skipped": skipped,
+        "warnings": warnings,
+        "info": _jsonable(dataset.info),
+        "hundred_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _warn_leftovers(out: Path, partial: Path) -> None:
+    """Point at directories of packs that were killed (they are never reused or deleted here:
+    on a shared file system the pack that owns one may still be running on another machine)."""
+    prefix = f"{out.name}.partial-"
+    stale = sorted(p for p in out.parent.iterdir() if p.name.startswith(prefix) and p != partial) \
+        if out.parent.is_dir() else []
+    if stale:
+        _console(stderr=True).print(
+            f"note: unfinished pack(s) from interrupted runs, safe to delete once no pack is "
+            f"running: {', '.join(str(p) for p in stale)}", markup=False)
+
+
+def _publish(partial: Path, out: Path, force: bool) -> None:
+    """Rename the finished ``partial`` to ``out``; with ``force`` swap the old one out first.
+
+    Replacing is two renames: a crash between them leaves the old data at ``OUT.old-<pid>``
+    and nothing at ``OUT`` — never a mix of the two.
+    """
+    old: Path | None = None
+    if out.exists():
+        _check_out(out, force)  # it may have appeared while we were decoding
+        old = out.with_name(f"{out.name}.old-{os.getpid()}")
+        os.rename(out, old)
+    try:
+        os.rename(partial, out)
+    except OSError as error:
+        if old is not None:
+            os.rename(old, out)
+        raise HundredError(f"cannot move the packed data to {out}: {error}") from None
+    _fsync(out.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _report(meta: dict[str, Any], out: Path, quiet: bool) -> None:
+    """Print skips and warnings always; the summary line unless ``quiet``."""
+    err = _console(stderr=True)
+    skipped = meta["skipped"]
+    if skipped:
+        err.print(f"[yellow]skipped {len(skipped)} file(s)[/] (all listed in {out / META}):",
+                  markup=True)
+        for entry in skipped[:SHOW_SKIPPED]:
+            err.print(f"  {entry.get('split', '?')}: {entry.get('file')}: {entry.get('reason')}",
+                      markup=False)
+        if len(skipped) > SHOW_SKIPPED:
+            err.print(f"  ... and {len(skipped) - SHOW_SKIPPED} more", markup=False)
+    for warning in meta["warnings"]:
+        err.print(f"[yellow]warning:[/] {warning}", markup=True)
+    if not quiet:
+        counts = ", ".join(f"{name} {entry['count']}" for name, entry in meta["splits"].items())
+        size = sum(entry["bytes"] for entry in meta["files"].values())
+        _console().print(
+            f"packed {meta['name']} ({counts}) at {meta['resolution']}x{meta['resolution']} "
+            f"into {out} ({size / 1e6:.1f} MB, {meta['seconds']:.1f} s)", markup=False
+        )
+
+
+# ------------------------------------------------------------------------------- read back
+
+
+def is_packed(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a directory holding a ``meta.json`` written by :func:`pack`."""
+    meta_path = Path(path) / META
+    try:
+        if not meta_path.is_file():
+            return False
+        with open(meta_path, encoding="utf-8") as handle:
+            meta = json.load(handle)
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("format") == FORMAT
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
+    meta_path = path / META
+    if not meta_path.is_file():
+        raise HundredError(f"{path} is not a packed dataset: no {META} (an interrupted pack "
+                           f"never writes one; pack again)")
+    try:
+        with open(meta_path, encoding="utf-8") as handle:
+            meta = json.load(handle)
+    except (OSError, ValueError) as error:
+        raise HundredError(f"{meta_path} is unreadable: {error}") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise HundredError(f"{meta_path} is not a {FORMAT} meta file")
+    if not isinstance(meta.get("format_version"), int) or meta["format_version"] > FORMAT_VERSION:
+        raise HundredError(f"{path} was packed by a newer hundred (format version "
+                           f"{meta.get('format_version')}); upgrade hundred to read it")
+    return meta
+
+
+def _array_path(path: Path, name: Any) -> Path:
+    """``path/name`` for a plain file name from meta.json (never a path out of the directory)."""
+    if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
+        raise HundredError(f"{path / META} names an invalid array file {name!r}")
+    return path / name
+
+
+def load_packed(path: str | os.PathLike, mmap: bool = True) -> Dataset:
+    """A packed directory as a :class:`Dataset` of (memory-mapped) :class:`ArraySplit` s.
+
+    Arrays are opened with ``allow_pickle=False``; shapes are checked against ``meta.json``
+    (cheap), checksums are not (that reads everything: use :func:`verify`).
+    """
+    path = Path(path)
+    meta = _read_meta(path)
+    splits: dict[str, ArraySplit | FileSplit] = {}
+    try:
+        for name, entry in meta["splits"].items():
+            images_path = _array_path(path, entry["images"])
+            labels_path = _array_path(path, entry["labels"])
+            images = np.load(images_path, mmap_mode="r" if mmap else None, allow_pickle=False)
+            labels = np.load(labels_path, allow_pickle=False)
+            expected = meta["files"][images_path.name]["shape"]
+            if list(images.shape) != expected or labels.shape != (images.shape[0],):
+                raise HundredError(
+                    f"{path}/{name}: arrays {images.shape} / {labels.shape} do not match "
+                    f"meta.json {expected}; run `hundred data verify {path}` and pack again"
+                )
+            splits[name] = ArraySplit(images=images, labels=labels.astype(np.int64, copy=False))
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise HundredError(f"{path} is damaged ({type(error).__name__}: {error}); "
+                           f"run `hundred data verify {path}`") from None
+    info = dict(meta.get("info") or {})
+    info["packed"] = {key: meta.get(key) for key in
+                      ("source", "resolution", "resize", "draft", "created", "hundred_version")}
+    info["packed"]["dir"] = str(path)
+    return Dataset(
+        name=meta["name"],
+        class_ids=list(meta["class_ids"]),
+        class_names=list(meta["class_names"]),
+        splits=splits,
+        skipped=list(meta.get("skipped", [])),
+        info=info,
+    )
+
+
+def verify(path: str | os.PathLike) -> list[str]:
+    """Problems with a packed directory (empty list: it is complete and intact).
+
+    Checks that ``meta.json`` exists and is ours, that exactly the listed arrays are there,
+    their sha256, dtypes and shapes, that labels and images agree in count, and that the
+    labels match the per-class counts in meta.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        return [f"{path} is not a directory"]
+    try:
+        meta = _read_meta(path)
+    except HundredError as error:
+        return [str(error)]
+    problems: list[str] = []
+    try:
+        files: dict[str, Any] = meta["files"]
+        listed = {entry[key] for entry in meta["splits"].values() for key in ("images", "labels")}
+        for name in sorted(listed - set(files)):
+            problems.append(f"{name} is used by a split but has no checksum in meta.json")
+        present = {item.name for item in path.glob("*.npy")}
+        for name in sorted(present - set(files)):
+            problems.append(f"unexpected array {name} (not in meta.json)")
+        arrays: dict[str, np.ndarray] = {}
+        for name, facts in files.items():
+            file = _array_path(path, name)
+            if not file.is_file():
+                problems.append(f"missing {name}")
+                continue
+            if sha256_file(file) != facts["sha256"]:
+                problems.append(f"{name}: sha256 mismatch (changed or damaged since packing)")
+                continue
+            array = np.load(file, mmap_mode="r", allow_pickle=False)
+            if str(array.dtype) != facts["dtype"] or list(array.shape) != list(facts["shape"]):
+                problems.append(f"{name}: {array.dtype} {list(array.shape)}, meta.json says "
+                                f"{facts['dtype']} {facts['shape']}")
+                continue
+            arrays[name] = array
+        for split, entry in meta["splits"].items():
+            images, labels = arrays.get(entry["images"]), arrays.get(entry["labels"])
+            if images is None or labels is None:
+                continue
+            if len(images) != len(labels) or len(labels) != entry["count"]:
+                problems.append(f"{split}: {len(images)} images, {len(labels)} labels, "
+                                f"meta.json count {entry['count']}")
+                continue
+            labels = np.asarray(labels)
+            if len(labels) and (labels.min() < 0 or labels.max() >= meta["num_classes"]):
+                problems.append(f"{split}: labels outside [0, {meta['num_classes']})")
+            elif np.bincount(labels, minlength=meta["num_classes"]).tolist() != entry["class_counts"]:
+                problems.append(f"{split}: per-class counts differ from meta.json")
+    except (KeyError, TypeError, ValueError, AttributeError, HundredError) as error:
+        problems.append(f"meta.json is malformed or an array unreadable: {type(error).__name__}: {error}")
+    return problems
+
+
+def print_info(target: str | os.PathLike, options: dict[str, Any] | None = None) -> None:
+    """A summary table of a packed directory or a source spec (name, classes, counts ...)."""
+    from rich.table import Table
+
+    options = options or {}
+    path = Path(target).expanduser()
+    table = Table(show_header=False, title=str(target))
+    table.add_column(style="bold")
+    table.add_column()
+    if is_packed(path):
+        if options:
+            raise HundredError("a packed directory takes no source options")
+        meta = _read_meta(path)
+        size = sum(facts.get("bytes", 0) for facts in meta["files"].values())
+        rows = [
+            ("name", meta["name"]),
+            ("packed from", str(meta.get("source") or "a Dataset object")),
+            ("classes", str(meta["num_classes"])),
+            ("class names", _few(meta["class_names"], 5)),
+            ("resolution", f"{meta['resolution']}x{meta['resolution']} ({meta['resize']}, "
+                           f"{meta.get('resample')}, draft {'on' if meta.get('draft') else 'off'})"),
+            *[(f"{name} images", str(entry["count"])) for name, entry in meta["splits"].items()],
+            ("skipped", str(len(meta.get("skipped", [])))),
+            *[("warning", warning) for warning in meta.get("warnings", [])],
+            ("size on disk", f"{size / 1e6:.1f} MB"),
+            ("created", f"{meta.get('created')} by hundred {meta.get('hundred_version')}"),
+        ]
+    elif path.is_dir():
+        raise HundredError(
+            f"{path} is not a packed dataset (no {META} of format {FORMAT}); "
+            f"for a folder of class folders use imagefolder:{path}"
+        )
+    else:
+        from hundred.data.sources import open_source
+
+        dataset = open_source(str(target), **options)
+
+        def resolution(split: ArraySplit | FileSplit) -> str:
+            if isinstance(split, FileSplit):
+                return "image files, decoded when packed"
+            height, width = split.resolution
+            return f"{height}x{width}"
+
+        rows = [
+            ("name", dataset.name),
+            ("classes", str(dataset.num_classes)),
+            ("class names", _few(dataset.class_names, 5)),
+            *[(f"{name} images", f"{len(split)} ({resolution(split)})")
+              for name, split in dataset.splits.items()],
+            ("skipped", str(len(dataset.skipped))),
+        ]
+        if "list" in dataset.info:
+            rows.append(("class list", f"{dataset.info['list']} "
+                                       f"(sha256 {str(dataset.info.get('list_sha256'))[:12]})"))
+    for key, value in rows:
+        table.add_row(key, value)
+    _console().print(table)
