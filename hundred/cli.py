@@ -3,12 +3,15 @@
     hundred data pack SOURCE --res R --out DIR    decode + resize once into uint8 arrays
     hundred data info DIR|SOURCE                   summary of a packed or built-in dataset
     hundred data verify DIR                        check the sha256 of every packed array
+    hundred run TRACK METHOD [--data D --model M --epochs N --set key=value ...]
+    hundred list                                   tracks, methods, datasets and models
     hundred demo                                   the quick-start main job on built-in data
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
@@ -60,6 +63,68 @@ def _cmd_data_verify(args: argparse.Namespace) -> None:
     print(f"OK {args.dir}: every array matches its sha256 in meta.json")
 
 
+# run-option shortcuts -> config keys (applied before --set, which wins)
+_RUN_SHORTCUTS = {"data": "data.source", "model": "model.name", "epochs": "train.epochs",
+                  "batch_size": "data.batch_size", "lr": "optim.lr", "seed": "seed",
+                  "name": "name", "device": "train.device", "root": "root"}
+
+
+def _cmd_run(args: argparse.Namespace) -> None:
+    import importlib
+
+    from hundred.config import build_config
+    from hundred.registry import tracks
+
+    if args.track not in tracks():
+        raise HundredError(f"unknown track {args.track!r}; known: {', '.join(tracks())}")
+    if args.resume is not None:
+        given = [k for k in _RUN_SHORTCUTS if getattr(args, k) is not None]
+        if given or args.config or args.set:
+            raise HundredError("--resume continues a run with its stored config.yaml; "
+                               f"drop the other options ({', '.join(given) or '--config/--set'})")
+        from hundred.engine.run import config_for_resume
+
+        config = config_for_resume(Path(args.resume), args.track, args.method)
+    else:
+        overrides = [f"track={args.track}", f"method={args.method}"]
+        overrides += [f"{key}={json.dumps(getattr(args, arg))}" for arg, key in _RUN_SHORTCUTS.items()
+                      if getattr(args, arg) is not None]
+        if args.quiet:
+            overrides.append("quiet=true")
+        config = build_config(args.config, overrides + args.set)
+        from hundred.registry import get_method
+
+        get_method(config.track, config.method)(config.method_params, config)  # validate now
+    scenario = importlib.import_module(f"hundred.tracks.{config.track}.scenario")
+    scenario.run(config, Path(args.resume) if args.resume else None)
+
+
+def _cmd_list(args: argparse.Namespace) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from hundred.data.sources import SOURCES
+    from hundred.models import LOCAL_MODELS
+    from hundred.registry import methods, tracks
+
+    table = Table(title="hundred", show_lines=False)
+    table.add_column("kind")
+    table.add_column("name")
+    table.add_column("what")
+    for track in tracks():
+        for name, cls in methods(track).items():
+            doc = (cls.__doc__ or sys.modules[cls.__module__].__doc__ or "").strip()
+            table.add_row("method", f"{track}/{name}", doc.splitlines()[0] if doc else "")
+    for name, (_, what) in SOURCES.items():
+        table.add_row("dataset", name, what)
+    table.add_row("dataset", "DIR", "a directory written by `hundred data pack`")
+    for name, (_, what) in LOCAL_MODELS.items():
+        table.add_row("model", name, what)
+    table.add_row("model", "<any timm name>", "e.g. resnet18, convnext_tiny (no pretrained "
+                  "weights are downloaded)")
+    Console().print(table)
+
+
 def _cmd_demo(args: argparse.Namespace) -> None:
     from hundred.demo import run_demo
 
@@ -97,6 +162,28 @@ def build_parser() -> argparse.ArgumentParser:
     verify = data.add_parser("verify", help="check every packed array against its sha256")
     verify.add_argument("dir")
     verify.set_defaults(func=_cmd_data_verify)
+
+    run = commands.add_parser("run", help="train a method of a track")
+    run.add_argument("track", help="e.g. classify")
+    run.add_argument("method", help="e.g. erm")
+    run.add_argument("--data", help="source spec or packed directory (data.source)")
+    run.add_argument("--model", help="local or timm model name (model.name)")
+    run.add_argument("--epochs", type=int, help="train.epochs")
+    run.add_argument("--batch-size", type=int, help="data.batch_size")
+    run.add_argument("--lr", type=float, help="optim.lr")
+    run.add_argument("--seed", type=int, help="seed")
+    run.add_argument("--name", help="run directory name (default: generated)")
+    run.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    run.add_argument("--root", help="runs root directory (default runs)")
+    run.add_argument("--config", action="append", default=[], help="YAML file, repeatable")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="config override, e.g. optim.lr=0.05 (repeatable)")
+    run.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run exactly")
+    run.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    run.set_defaults(func=_cmd_run)
+
+    listing = commands.add_parser("list", help="tracks, methods, datasets and models")
+    listing.set_defaults(func=_cmd_list)
 
     demo = commands.add_parser("demo", help="the quick-start main job on built-in data")
     demo.add_argument("--quick", action="store_true", help="a smaller dataset, for tests")

@@ -47,21 +47,24 @@ def _timm_backbone(name: str, *, low_res_stem: bool = False, **kwargs: Any) -> n
     return TimmBackbone(model)
 
 
-def _vit_32(**kwargs: Any) -> nn.Module:
+def _vit_32(img_size: int = 32, **kwargs: Any) -> nn.Module:
     """A small ViT for 32 px: 4x4 patches (64 tokens), width 192, depth 9, 3 heads, MLP ratio 2."""
     from timm.models.vision_transformer import VisionTransformer
 
-    options = dict(img_size=32, patch_size=4, embed_dim=192, depth=9, num_heads=3, mlp_ratio=2.0)
+    options = dict(img_size=img_size, patch_size=4, embed_dim=192, depth=9, num_heads=3, mlp_ratio=2.0)
     options.update(kwargs)
     return TimmBackbone(VisionTransformer(num_classes=0, **options))
 
 
-# name -> (builder, description). Builders take keyword options and return a backbone.
+# name -> (builder, description). Builders take the input size ``img_size`` (used by the nets
+# whose feature size depends on it, ignored by globally pooled ones) and keyword options.
 LOCAL_MODELS: dict[str, tuple[Callable[..., nn.Module], str]] = {
-    "resnet20": (lambda **kw: CifarResNet(20, **kw), "CIFAR ResNet-20, 0.27M params, 64-d features"),
-    "resnet32": (lambda **kw: CifarResNet(32, **kw), "CIFAR ResNet-32, 0.46M params (CIL standard)"),
-    "resnet56": (lambda **kw: CifarResNet(56, **kw), "CIFAR ResNet-56, 0.85M params"),
-    "resnet18_lowres": (lambda **kw: _timm_backbone("resnet18", low_res_stem=True, **kw),
+    "resnet20": (lambda img_size=32, **kw: CifarResNet(20, **kw),
+                 "CIFAR ResNet-20, 0.27M params, 64-d features"),
+    "resnet32": (lambda img_size=32, **kw: CifarResNet(32, **kw),
+                 "CIFAR ResNet-32, 0.46M params (CIL standard)"),
+    "resnet56": (lambda img_size=32, **kw: CifarResNet(56, **kw), "CIFAR ResNet-56, 0.85M params"),
+    "resnet18_lowres": (lambda img_size=32, **kw: _timm_backbone("resnet18", low_res_stem=True, **kw),
                         "timm ResNet-18 with a 3x3/1 stem and no max-pool, for 32-64 px"),
     "convnet_d3": (lambda **kw: ConvNet(depth=3, **kw), "ConvNet-D3 (width 128, instance norm)"),
     "convnet_d4": (lambda **kw: ConvNet(depth=4, **kw), "ConvNet-D4 (width 128, instance norm)"),
@@ -69,11 +72,15 @@ LOCAL_MODELS: dict[str, tuple[Callable[..., nn.Module], str]] = {
 }
 
 
-def create_backbone(name: str, **kwargs: Any) -> nn.Module:
-    """A backbone with ``forward_features(x) -> (B, D)`` and ``feature_dim``."""
+def create_backbone(name: str, img_size: int | None = None, **kwargs: Any) -> nn.Module:
+    """A backbone with ``forward_features(x) -> (B, D)`` and ``feature_dim``.
+
+    ``img_size`` is the input resolution; local nets whose feature size depends on it use it.
+    For timm models it is passed on only when given in ``kwargs`` by the user (as timm's own
+    ``img_size`` option of ViTs), since most timm models are resolution-agnostic."""
     if name in LOCAL_MODELS:
         try:
-            return LOCAL_MODELS[name][0](**kwargs)
+            return LOCAL_MODELS[name][0](**({"img_size": img_size} if img_size else {}), **kwargs)
         except TypeError as error:
             raise HundredError(f"model {name}: {error}") from None
     return _timm_backbone(name, **kwargs)
@@ -103,9 +110,11 @@ class Classifier(nn.Module):
         return (logits, features) if return_features else logits
 
 
-def create(name: str, num_classes: int, head: str = "linear", **kwargs: Any) -> Classifier:
-    """Build ``name`` (local or timm) with a ``head`` ("linear" or "cosine") for ``num_classes``."""
+def create(name: str, num_classes: int, head: str = "linear", img_size: int | None = None,
+           **kwargs: Any) -> Classifier:
+    """Build ``name`` (local or timm) with a ``head`` ("linear" or "cosine") for ``num_classes``
+    classes and inputs of ``img_size`` pixels."""
     if head not in HEADS:
         raise HundredError(f"unknown head {head!r}; choose from {', '.join(HEADS)}")
-    backbone = create_backbone(name, **kwargs)
+    backbone = create_backbone(name, img_size=img_size, **kwargs)
     return Classifier(backbone, HEADS[head](backbone.feature_dim, num_classes))

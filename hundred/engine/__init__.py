@@ -1,0 +1,1 @@
+"""The training engine every track reuses: trainer, checkpoints, run directories, DDP."""

@@ -1,0 +1,138 @@
+"""Starting and finishing a run: device, distributed setup, run directory, data loaders.
+
+Every track's scenario begins with :func:`start_run` and ends with :func:`finish_run`, so
+all runs record the same things in the same places.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from hundred.config import RunConfig, build_config, dump_yaml
+from hundred.data import Dataset, load
+from hundred.data.loader import BatchLoader
+from hundred.engine.distributed import DistInfo, barrier, init_distributed
+from hundred.engine.rundir import environment, new_run_dir
+from hundred.engine.trainer import resolve_device
+from hundred.errors import HundredError
+from hundred.io import write_json, write_text
+
+
+@dataclass
+class RunContext:
+    """Where and how a run executes. ``run_dir`` is known on every rank; rank 0 writes it."""
+
+    config: RunConfig
+    device: torch.device
+    dist: DistInfo
+    run_dir: Path
+    console: Console
+    resumed: bool = False
+    started: float = field(default_factory=time.perf_counter)
+
+
+def _slug(text: str) -> str:
+    text = Path(text).name if ("/" in text or "\\" in text) and ":" not in text else text
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "data"
+
+
+def start_run(config: RunConfig, resume_dir: Path | None = None) -> RunContext:
+    """Seed, pick the device, join DDP if under torchrun, and create (or reopen) the run dir."""
+    device = resolve_device(config.train.device)
+    dist_info = init_distributed(str(device))
+    if device.type == "cuda" and dist_info.enabled:
+        device = torch.device("cuda", dist_info.local_rank)
+    console = Console(stderr=True, quiet=not dist_info.is_main)
+    torch.manual_seed(config.seed)
+    if resume_dir is not None:
+        run_dir = resume_dir
+    else:
+        name = None
+        if dist_info.is_main:
+            stamp = time.strftime("%Y%m%d-%H%M%S")
+            default = f"{_slug(config.data.source)}-{config.model.name}-s{config.seed}-{stamp}"
+            name = str(new_run_dir(config.root, config.track, config.method, config.name, default))
+        if dist_info.enabled:
+            holder = [name]
+            torch.distributed.broadcast_object_list(holder, src=0)
+            name = holder[0]
+        run_dir = Path(name)
+        if dist_info.is_main:
+            write_text(run_dir / "config.yaml", dump_yaml(config))
+    if dist_info.is_main:
+        env = environment(str(device), config.seed, dist_info.world_size)
+        env_name = "env.json" if resume_dir is None else f"env.resume-{time.strftime('%Y%m%d-%H%M%S')}.json"
+        write_json(run_dir / env_name, env)
+    barrier(dist_info)
+    return RunContext(config, device, dist_info, run_dir, console, resumed=resume_dir is not None)
+
+
+def config_for_resume(resume_dir: Path, track: str, method: str) -> RunConfig:
+    """The stored configuration of ``resume_dir``; it must belong to ``track/method``."""
+    if not (resume_dir / "config.yaml").is_file():
+        raise HundredError(f"--resume {resume_dir}: not a run directory (no config.yaml)")
+    config = build_config([resume_dir / "config.yaml"])
+    if (config.track, config.method) != (track, method):
+        raise HundredError(f"--resume {resume_dir} is a {config.track}/{config.method} run, "
+                           f"not {track}/{method}")
+    return config
+
+
+def load_data(config: RunConfig) -> Dataset:
+    """The run's dataset: a packed directory or a built-in/array source, decoded."""
+    return load(config.data.source, **config.data.options)
+
+
+def device_budget_bytes(config: RunConfig) -> int | None:
+    budget = config.data.device_budget_gb
+    return None if budget is None else int(budget * 2**30)
+
+
+def train_loader(ctx: RunContext, dataset: Dataset, indices: np.ndarray | None = None,
+                 seed_offset: int = 0) -> BatchLoader:
+    """Shuffled, augmented batches of the train split (this rank's shard under DDP)."""
+    config = ctx.config
+    if config.data.batch_size % ctx.dist.world_size:
+        raise HundredError(f"data.batch_size={config.data.batch_size} must divide evenly over "
+                           f"{ctx.dist.world_size} processes")
+    return BatchLoader(dataset.arrays("train"), batch_size=config.data.batch_size // ctx.dist.world_size,
+                       shuffle=True, drop_last=True, seed=config.seed + seed_offset,
+                       device=ctx.device, augment=config.data.augment, mean=config.data.mean,
+                       std=config.data.std, indices=indices,
+                       rank=ctx.dist.rank, world_size=ctx.dist.world_size,
+                       device_budget_bytes=device_budget_bytes(config))
+
+
+def eval_loader(ctx: RunContext, dataset: Dataset, split_name: str = "val",
+                indices: np.ndarray | None = None) -> BatchLoader:
+    """Every sample of ``split_name`` once, in order, without augmentation."""
+    config = ctx.config
+    return BatchLoader(dataset.arrays(split_name), batch_size=config.data.eval_batch_size,
+                       shuffle=False, drop_last=False, seed=config.seed, device=ctx.device,
+                       train=False, mean=config.data.mean, std=config.data.std, indices=indices, device_budget_bytes=device_budget_bytes(config))
+
+
+def finish_run(ctx: RunContext, summary: dict[str, Any], title: str) -> dict[str, Any]:
+    """Write ``summary.json`` (rank 0), print the results table; returns the full summary."""
+    summary = {"track": ctx.config.track, "method": ctx.config.method,
+               "run_dir": str(ctx.run_dir), "seed": ctx.config.seed,
+               "wall_seconds": round(time.perf_counter() - ctx.started, 2), **summary}
+    if ctx.dist.is_main:
+        write_json(ctx.run_dir / "summary.json", summary)
+        table = Table(title=title)
+        table.add_column("metric")
+        table.add_column("value", justify="right")
+        for key, value in summary.items():
+            if isinstance(value, (int, float, str)) and key not in ("track", "method"):
+                table.add_row(key, f"{value:.2f}" if isinstance(value, float) else str(value))
+        Console().print(table)
+    return summary

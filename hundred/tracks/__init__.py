@@ -1,0 +1,1 @@
+"""Tracks: each folder holds a scenario (what is measured) and ``methods/`` (one file a paper)."""

@@ -1,0 +1,1 @@
+"""Supervised classification: one training phase on the train split, evaluated on val."""

@@ -1,0 +1,1 @@
+"""Methods of the classify track, one file each."""
