@@ -1,0 +1,92 @@
+"""``write_report``: run directories in, ``report.md`` + ``index.html`` + PNG figures out."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+from hundred.io import write_text
+from hundred.report.aggregate import GroupRow, aggregate
+from hundred.report.collect import Warn, collect_runs, print_warning
+from hundred.report.tables import Table, build_tables, display_path, tables_markdown
+
+
+@dataclass(frozen=True)
+class ReportPaths:
+    """What :func:`write_report` wrote, plus the rows behind it so callers (the CLI, ``hundred
+    check``) can print or compare them without reading the files back."""
+
+    out: Path
+    markdown: Path
+    html: Path
+    plots: list[Path]
+    rows: list[GroupRow] = field(repr=False)
+    tables: list[Table] = field(repr=False)
+    skipped: list[str] = field(default_factory=list)
+
+    def files(self) -> list[Path]:
+        """Every file written, report files first."""
+        return [self.markdown, self.html, *self.plots]
+
+
+def default_out_dir(root: str | os.PathLike = "reports") -> Path:
+    """A new ``reports/<YYYYmmdd-HHMMSS>`` folder (suffixed ``-2``... if that one exists), so a
+    report never overwrites an earlier one."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for suffix in range(1, 1000):
+        path = Path(root) / (stamp if suffix == 1 else f"{stamp}-{suffix}")
+        try:
+            path.mkdir(parents=True)
+            return path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free report folder name under {root}")
+
+
+def write_report(paths: Iterable[str | os.PathLike], out: str | os.PathLike | None = None,
+                 warn: Warn = print_warning) -> ReportPaths:
+    """Collect the runs below ``paths``, aggregate them over seeds and write the report.
+
+    ``out`` defaults to a fresh ``reports/<timestamp>/`` in the current directory. Writes
+    ``report.md`` (tables and figure links), ``index.html`` (self-contained page) and, for
+    class-incremental tables, ``accuracy_curve_*.png`` and ``accuracy_matrix_*.png``. Bad
+    paths raise HundredError; malformed summaries are skipped, reported through ``warn`` and
+    listed in both report files.
+    """
+    from hundred.report.html import render_page  # matplotlib loads only when writing figures
+    from hundred.report.plots import plot_table
+
+    paths = [Path(p) for p in paths]
+    skipped: list[str] = []
+    runs = collect_runs(paths, warn=warn, skipped=skipped)
+    rows = aggregate(runs, warn=warn)
+    tables = build_tables(rows)
+
+    out_dir = default_out_dir() if out is None else Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    taken: set[str] = set()
+    plots = [plot_table(table, out_dir, taken, warn) for table in tables]
+    figures = {id(table): table_plots for table, table_plots in zip(tables, plots)}
+
+    meta = [f"Generated {time.strftime('%Y-%m-%d %H:%M:%S')} from {len(runs)} runs in "
+            f"{', '.join(display_path(p) for p in paths)}.",
+            "Every number is the mean ± sample standard deviation over seeds (n = number of "
+            "seeds); each table says which protocol produced it."]
+
+    def figure_links(table: Table) -> str:
+        return "".join(f"\n![{plot.caption}]({plot.path.name})\n" for plot in figures[id(table)])
+
+    markdown = "# hundred report\n\n" + "\n\n".join(meta) + "\n\n"
+    markdown += tables_markdown(tables, level=2, after=figure_links)
+    if skipped:
+        markdown += "\n## Skipped summaries\n\n" + "".join(f"- {s}\n" for s in skipped)
+    markdown_path = out_dir / "report.md"
+    html_path = out_dir / "index.html"
+    write_text(markdown_path, markdown)
+    write_text(html_path, render_page(tables, plots, out_dir, meta, skipped))
+    return ReportPaths(out=out_dir, markdown=markdown_path, html=html_path,
+                       plots=[plot.path for table_plots in plots for plot in table_plots],
+                       rows=rows, tables=tables, skipped=skipped)

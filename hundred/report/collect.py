@@ -1,0 +1,234 @@
+"""Find the ``summary.json`` of every run below some paths, and keep only the well-formed ones.
+
+A report is only as honest as its inputs, so every summary is checked before it is counted:
+a file that is not JSON, lacks a key the report needs, or holds a non-number where a metric
+belongs is skipped with a warning that names the file, instead of crashing the report or,
+worse, silently shifting a mean.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+from hundred.errors import HundredError
+
+SUMMARY_NAME = "summary.json"
+DEFAULT_PROTOCOL = "conventional"
+
+Warn = Callable[[str], None]
+
+
+def print_warning(message: str) -> None:
+    """The default warning sink: one line on stderr (no traceback noise in the CLI)."""
+    print(f"warning: {message}", file=sys.stderr)
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One reported metric: the summary key, its column label, and which way is better."""
+
+    key: str
+    label: str
+    higher_is_better: bool = True
+
+
+@dataclass(frozen=True)
+class TrackSpec:
+    """What a report needs from a track's summaries and which columns its tables show.
+
+    ``metrics[0]`` ranks the methods. ``required`` metrics must be finite numbers in every
+    summary; the others may be null or absent. ``always_shown`` descriptor columns appear
+    even when every row has the same value (the others appear only when they differ).
+    """
+
+    metrics: tuple[Metric, ...]
+    required: tuple[str, ...]
+    always_shown: tuple[str, ...]
+
+
+INCREMENTAL = TrackSpec(
+    metrics=(Metric("avg_incremental_accuracy", "avg incremental acc"),
+             Metric("last_accuracy", "last acc"),
+             Metric("avg_forgetting", "avg forgetting", higher_is_better=False),
+             Metric("nme_avg_incremental_accuracy", "NME avg incremental acc")),
+    required=("avg_incremental_accuracy", "last_accuracy"),
+    always_shown=("protocol",),
+)
+# Every other track (classify and, until they declare their own, the later ones) reports
+# validation accuracy.
+DEFAULT = TrackSpec(
+    metrics=(Metric("val_top1", "top-1"), Metric("val_top5", "top-5")),
+    required=("val_top1",),
+    always_shown=("model",),
+)
+TRACK_SPECS: dict[str, TrackSpec] = {"incremental": INCREMENTAL}
+
+
+def spec_for(track: str) -> TrackSpec:
+    """The :class:`TrackSpec` of ``track`` (the accuracy default for tracks without one)."""
+    return TRACK_SPECS.get(track, DEFAULT)
+
+
+def find_summaries(path: str | os.PathLike) -> list[Path]:
+    """Every ``summary.json`` at or below ``path`` (a run directory, a parent folder, or the
+    file itself), sorted. A missing path, or one without any summary, is a HundredError."""
+    path = Path(path)
+    if not path.exists():
+        raise HundredError(f"run directory {path} does not exist")
+    if path.is_file():
+        if path.name != SUMMARY_NAME:
+            raise HundredError(f"{path} is a file; give a run directory or its {SUMMARY_NAME}")
+        return [path]
+    found = [Path(root) / SUMMARY_NAME for root, _, files in os.walk(path) if SUMMARY_NAME in files]
+    if not found:
+        raise HundredError(f"no {SUMMARY_NAME} found in {path} or below it "
+                           "(is it a run directory, or did the runs finish?)")
+    return sorted(found)
+
+
+def finite_number(value: Any) -> float | None:
+    """A finite float, or None for anything else (null, NaN, text, booleans)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _numbers(value: Any, allow_null: bool) -> list[float | None] | None:
+    """A list of finite numbers (or nulls where allowed); None when ``value`` is not one."""
+    if not isinstance(value, list):
+        return None
+    out = [finite_number(v) for v in value]
+    for raw, num in zip(value, out):
+        if num is None and not (allow_null and raw is None):
+            return None
+    return out
+
+
+def _check_text(summary: dict[str, Any], key: str, optional: bool = False) -> None:
+    value = summary.get(key)
+    if value is None and optional:
+        return
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{key!r} must be a non-empty string, got {value!r}")
+
+
+def _check_incremental(summary: dict[str, Any]) -> None:
+    """The per-task curves and matrices the incremental plots read."""
+    _check_text(summary, "scenario")
+    classes = summary.get("classes_per_step")
+    if not isinstance(classes, list) or not classes or not all(
+            isinstance(c, int) and not isinstance(c, bool) for c in classes):
+        raise ValueError("'classes_per_step' must be a non-empty list of integers")
+    for key in ("step_top1", "nme_step_top1"):
+        if key == "nme_step_top1" and summary.get(key) is None:
+            continue
+        steps = _numbers(summary.get(key), allow_null=False)
+        if steps is None or len(steps) != len(classes):
+            raise ValueError(f"{key!r} must be a list of {len(classes)} numbers "
+                             "(one per entry of 'classes_per_step')")
+    for key in ("accuracy_matrix", "nme_accuracy_matrix"):
+        matrix = summary.get(key)
+        if matrix is None:
+            continue
+        rows = matrix if isinstance(matrix, list) else []
+        if len(rows) != len(classes) or any(
+                _numbers(row, allow_null=True) is None or len(row) != len(classes) for row in rows):
+            raise ValueError(f"{key!r} must be a {len(classes)}x{len(classes)} list of lists of "
+                             "numbers or nulls")
+
+
+def validate_summary(summary: Any) -> dict[str, Any]:
+    """Check one parsed summary and return a normalised copy; ValueError says what is wrong.
+
+    Normalisation fills the optional descriptors so grouping never meets a missing key:
+    ``protocol`` (default ``"conventional"``), ``tuned_on``, ``scenario``, ``model`` and
+    ``memory`` (None when absent).
+    """
+    if not isinstance(summary, dict):
+        raise ValueError("not a JSON object")
+    for key in ("track", "method", "data"):
+        _check_text(summary, key)
+    seed = summary.get("seed")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"'seed' must be an integer, got {seed!r}")
+    for key in ("protocol", "tuned_on", "scenario", "model"):
+        _check_text(summary, key, optional=True)
+    spec = spec_for(summary["track"])
+    for key in spec.required:
+        if finite_number(summary.get(key)) is None:
+            problem = "missing" if key not in summary else f"not a finite number ({summary[key]!r})"
+            raise ValueError(f"required metric {key!r} is {problem}")
+    for metric in spec.metrics:
+        value = summary.get(metric.key)
+        if value is not None and finite_number(value) is None:
+            raise ValueError(f"metric {metric.key!r} must be a finite number or null, got {value!r}")
+    if summary["track"] == "incremental":
+        _check_incremental(summary)
+    normal = dict(summary)
+    normal["protocol"] = summary.get("protocol") or DEFAULT_PROTOCOL
+    for key in ("tuned_on", "scenario", "model", "memory"):
+        normal.setdefault(key, None)
+    return normal
+
+
+def load_summary(path: Path) -> dict[str, Any]:
+    """Read and validate one summary; adds ``summary_path`` (where it was read from).
+
+    ValueError on bad JSON or a bad schema (the message does not repeat the path)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+        parsed = json.loads(text)
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"unreadable: {error}") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"not valid JSON ({error})") from None
+    summary = validate_summary(parsed)
+    summary["summary_path"] = str(path)
+    return summary
+
+
+def collect_runs(paths: Iterable[str | os.PathLike], warn: Warn = print_warning,
+                 skipped: list[str] | None = None) -> list[dict[str, Any]]:
+    """Load every well-formed ``summary.json`` at or below ``paths``.
+
+    Each returned dict is the summary, normalised (see :func:`validate_summary`), plus
+    ``summary_path``. A file reached through two arguments is counted once. A malformed file
+    is skipped: ``warn`` gets a message naming it and, when given, ``skipped`` collects the
+    same message (so a report can list what it left out). Raises HundredError for a path that
+    does not exist or holds no summary, and when nothing valid is left.
+    """
+    paths = list(paths)
+    if not paths:
+        raise HundredError("give at least one run directory")
+    files: dict[Path, None] = {}  # insertion-ordered set, keyed by resolved path
+    for path in paths:
+        for file in find_summaries(path):
+            files.setdefault(file.resolve(), None)
+    runs: list[dict[str, Any]] = []
+    for file in files:
+        try:
+            runs.append(load_summary(file))
+        except ValueError as error:
+            message = f"skipped {file}: {error}"
+            warn(message)
+            if skipped is not None:
+                skipped.append(message)
+    if not runs:
+        raise HundredError(f"no valid {SUMMARY_NAME} in {', '.join(map(str, paths))} "
+                           f"({len(files)} found, all malformed)")
+    return runs
+
+
+def common_root(runs: Sequence[dict[str, Any]]) -> str:
+    """The deepest folder that holds every run directory of ``runs`` (for provenance lines)."""
+    dirs = [str(Path(run["summary_path"]).parent) for run in runs]
+    try:
+        return os.path.commonpath(dirs)
+    except ValueError:  # different drives on Windows
+        return ""

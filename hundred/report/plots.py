@@ -1,0 +1,174 @@
+"""PNG figures for class-incremental leaderboards: accuracy curves and accuracy matrices.
+
+Figures are drawn on a bare :class:`~matplotlib.figure.Figure` with an explicit Agg canvas
+instead of through ``pyplot``: no global backend is switched (a notebook that imports
+``hundred`` keeps its own), no display is needed, and no figure outlives its function.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from hundred.io import atomic_open
+from hundred.report.aggregate import GroupRow, curve, mean_matrix
+from hundred.report.collect import Warn, print_warning
+from hundred.report.tables import Table
+
+DPI = 150
+MAX_ANNOTATED_TASKS = 20  # beyond this, numbers in the heatmap cells become unreadable
+_MARKERS = "osD^v<>Ph*X"
+_LINESTYLES = ("-", "--", ":", "-.")
+
+
+@dataclass(frozen=True)
+class Plot:
+    """A written figure and the one-line caption that goes under it in the HTML page."""
+
+    path: Path
+    caption: str
+
+
+def slug(text: str) -> str:
+    """A file-name-safe version of ``text`` (letters, digits, ``.``, ``_``, ``-`` only)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-._") or "unnamed"
+
+
+def row_label(row: GroupRow, rows: Sequence[GroupRow]) -> str:
+    """The method name, plus the model/memory/protocol when they tell rows of ``rows`` apart,
+    e.g. ``wa (tune-then-evaluate, tuned on synth10)``."""
+    extras = [str(getattr(row, attr)) for attr in ("model", "memory", "protocol", "tuned_on")
+              if len({getattr(other, attr) for other in rows}) > 1 and getattr(row, attr) is not None]
+    if row.tuned_on is not None and extras and extras[-1] == row.tuned_on:
+        extras[-1] = f"tuned on {row.tuned_on}"
+    return row.method + (f" ({', '.join(extras)})" if extras else "")
+
+
+def _save(figure: Figure, path: Path) -> Path:
+    FigureCanvasAgg(figure)  # attaches the Agg canvas that renders the PNG
+    with atomic_open(path, "wb") as handle:
+        figure.savefig(handle, format="png", dpi=DPI)
+    return path
+
+
+def _free_name(out: Path, stem: str, taken: set[str]) -> Path:
+    """``out/<stem>.png``, with ``-2``, ``-3``... when two sanitised names collide."""
+    name, suffix = f"{stem}.png", 2
+    while name in taken:
+        name, suffix = f"{stem}-{suffix}.png", suffix + 1
+    taken.add(name)
+    return out / name
+
+
+def accuracy_curve(rows: Sequence[GroupRow], path: Path, warn: Warn = print_warning) -> Path | None:
+    """Top-1 on all seen classes vs number of classes, one line per row (mean over seeds,
+    shaded ± std band), best-ranked first in the legend. None when no row has a curve."""
+    # many methods would cover the curves: widen the figure and put the legend beside the axes
+    outside = len(rows) > 6
+    figure = Figure(figsize=(8.8 if outside else 7.0, 4.6), layout="constrained")
+    ax = figure.add_subplot()
+    # a method keeps its colour and marker across protocols; the protocol sets the line style
+    methods = list(dict.fromkeys(row.method for row in rows))
+    protocols = list(dict.fromkeys(row.protocol_label for row in rows))
+    drawn = 0
+    for row in rows:
+        series = curve(row)
+        if series is None:
+            warn(f"no accuracy curve for {row.method} on {row.data} {row.scenario}: its runs "
+                 "disagree on classes_per_step")
+            continue
+        classes, mean, std = series
+        index = methods.index(row.method)
+        colour = f"C{index % 10}"
+        ax.plot(classes, mean, color=colour, marker=_MARKERS[index % len(_MARKERS)], markersize=5,
+                linestyle=_LINESTYLES[protocols.index(row.protocol_label) % len(_LINESTYLES)],
+                linewidth=1.8, label=f"{row_label(row, rows)} · n={len(row.runs)}")
+        ax.fill_between(classes, mean - std, mean + std, color=colour, alpha=0.18, linewidth=0)
+        drawn += 1
+    if not drawn:
+        return None
+    first = rows[0]
+    ax.set_title(f"{first.scenario} on {first.data}", fontsize=13)
+    ax.set_xlabel("number of classes")
+    ax.set_ylabel("top-1 accuracy on seen classes (%)")
+    steps = sorted({c for row in rows for c in row.runs[0]["classes_per_step"]})
+    if len(steps) <= 12:  # one tick per task; more would overlap (the default locator then)
+        ax.set_xticks(steps)
+    ax.grid(True, alpha=0.3)
+    caption = "mean ± std over seeds" + (f", {protocols[0]}" if len(protocols) == 1 else "")
+    ax.legend(title=caption, fontsize=8, title_fontsize=8, loc="upper left" if outside else "best",
+              bbox_to_anchor=(1.01, 1.0) if outside else None, framealpha=0.9)
+    return _save(figure, path)
+
+
+def accuracy_matrix(row: GroupRow, path: Path, label: str | None = None) -> Path | None:
+    """Heatmap of the mean accuracy matrix a[t][j] (top-1 on task j's classes after task t),
+    lower triangle only, on a fixed 0-100 scale so heatmaps of different methods compare."""
+    matrix = mean_matrix(row)
+    if matrix is None:
+        return None
+    tasks = matrix.shape[0]
+    shown = np.ma.masked_invalid(np.where(np.tril(np.ones_like(matrix, dtype=bool)), matrix, np.nan))
+    side = min(max(4.8, 0.42 * tasks + 2.4), 11.0)
+    figure = Figure(figsize=(side + 1.0, side), layout="constrained")
+    ax = figure.add_subplot()
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="white")  # the hidden triangle
+    image = ax.imshow(shown, cmap=cmap, vmin=0.0, vmax=100.0, interpolation="nearest")
+    if tasks <= MAX_ANNOTATED_TASKS:
+        size = 9 if tasks <= 8 else 8 if tasks <= 12 else 6.5
+        for t in range(tasks):
+            for j in range(t + 1):
+                value = shown[t, j]
+                if value is np.ma.masked:
+                    continue
+                r, g, b, _ = image.cmap(image.norm(value))
+                ink = "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white"
+                ax.text(j, t, f"{value:.0f}" if tasks > 10 else f"{value:.1f}", ha="center",
+                        va="center", color=ink, fontsize=size)
+    ticks = range(tasks) if tasks <= MAX_ANNOTATED_TASKS else None
+    if ticks is not None:
+        ax.set_xticks(list(ticks), [str(i + 1) for i in ticks])
+        ax.set_yticks(list(ticks), [str(i + 1) for i in ticks])
+    else:
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_major_locator(MaxNLocator(integer=True))
+            axis.set_major_formatter(lambda value, _: f"{int(value) + 1}")
+    ax.set_xlabel("evaluated on the classes of task")
+    ax.set_ylabel("after training task")
+    seeds, label = len(row.runs), label or row.method
+    protocol = "" if row.protocol in label else f", {row.protocol_label}"  # said once is enough
+    ax.set_title(f"{label}: {row.scenario} on {row.data}\n"
+                 f"top-1 (%), mean of {seeds} seed{'s' * (seeds != 1)}{protocol}", fontsize=11)
+    figure.colorbar(image, ax=ax, shrink=0.85, label="top-1 accuracy (%)")
+    return _save(figure, path)
+
+
+def plot_table(table: Table, out: Path, taken: set[str], warn: Warn = print_warning) -> list[Plot]:
+    """The figures of one leaderboard (incremental tables only; others have no per-task data).
+
+    ``taken`` holds the file names already used in ``out`` so sanitised names never collide."""
+    rows = table.rows
+    if table.track != "incremental":
+        return []
+    group = slug(f"{rows[0].data}_{rows[0].scenario}")
+    plots: list[Plot] = []
+    path = accuracy_curve(rows, _free_name(out, f"accuracy_curve_{group}", taken), warn)
+    if path is not None:
+        plots.append(Plot(path, f"Top-1 accuracy on all seen classes after each task, "
+                                f"{rows[0].scenario} on {rows[0].data}."))
+    for row in rows:
+        label = row_label(row, rows)
+        path = accuracy_matrix(row, _free_name(out, f"accuracy_matrix_{group}_{slug(label)}", taken),
+                               label)
+        if path is not None:
+            plots.append(Plot(path, f"Accuracy matrix of {label}: row t, column j is top-1 on "
+                                    f"task j's classes after training task t."))
+    return plots

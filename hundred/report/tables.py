@@ -1,0 +1,164 @@
+"""Leaderboard tables: aggregated rows -> plain cells -> Markdown (HTML lives in ``html.py``).
+
+A :class:`Table` is format-neutral (a title, a provenance note, a header and string cells),
+so the same table prints to the terminal, goes into ``report.md`` and into ``index.html``,
+and a later report (tune-then-evaluate with rank changes) can add columns to it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+from hundred.report.aggregate import GroupRow, Stat
+from hundred.report.collect import common_root
+
+MISSING = "–"  # en dash: no run of the row reported this metric
+
+# Descriptor columns that may sit between "method" and "seeds": (row attribute, header).
+_DESCRIPTORS = (("model", "model"), ("memory", "memory"), ("protocol_label", "protocol"))
+
+
+@dataclass(frozen=True)
+class Table:
+    """One rendered leaderboard. ``align`` holds "l" or "r" per column; ``rows`` are the
+    aggregated rows behind ``body`` (same order), kept so plots and links can follow them."""
+
+    title: str
+    note: str
+    header: list[str]
+    body: list[list[str]]
+    align: list[str]
+    rows: list[GroupRow]
+
+    @property
+    def track(self) -> str:
+        return self.rows[0].track
+
+
+def format_stat(stat: Stat, runs: int | None = None) -> str:
+    """``63.1 ± 0.8``; a single value as ``63.1 (n=1)`` (no spread to show); ``(n=k)`` is also
+    appended when only ``k`` of the row's ``runs`` reported the metric."""
+    if stat.mean is None:
+        return MISSING
+    if stat.std is None:
+        return f"{stat.mean:.1f} (n={stat.n})"
+    text = f"{stat.mean:.1f} ± {stat.std:.1f}"
+    return text if runs is None or stat.n == runs else f"{text} (n={stat.n})"
+
+
+def display_path(path: str | os.PathLike) -> str:
+    """``path`` relative to the current directory when it lies below it, else absolute."""
+    path = Path(path)
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve())) or "."
+    except ValueError:
+        return str(path)
+
+
+def table_title(row: GroupRow) -> str:
+    """``synth100 — B0-Inc10`` (the dataset, then the scenario when the track has one)."""
+    return row.data + (f" — {row.scenario}" if row.scenario else "")
+
+
+def provenance(rows: Sequence[GroupRow]) -> str:
+    """Which protocol produced the numbers, from how many runs, seeds and directories."""
+    runs = [run for row in rows for run in row.runs]
+    by_protocol: dict[str, list[GroupRow]] = {}
+    for row in rows:
+        by_protocol.setdefault(row.protocol_label, []).append(row)
+    parts = [f"{label}: {len(members)} row{'s' * (len(members) != 1)}, "
+             f"{sum(len(r.runs) for r in members)} runs" for label, members in by_protocol.items()]
+    if len(parts) == 1:
+        protocol = f"Protocol: {next(iter(by_protocol))}."
+    else:
+        protocol = f"Protocols: {'; '.join(parts)}. Ranks are within a protocol."
+    seeds = sorted({run["seed"] for run in runs})
+    directories = {os.path.dirname(run["summary_path"]) for run in runs}
+    root = common_root(runs)
+    primary = rows[0].spec.metrics[0]
+    return (f"{protocol} {len(runs)} runs (seeds {', '.join(map(str, seeds))}) from "
+            f"{len(directories)} run director{'y' if len(directories) == 1 else 'ies'}"
+            f"{f' under {display_path(root)}' if root else ''}. "
+            f"Values in %, mean ± sample std over seeds; ranked by {primary.label}.")
+
+
+def leaderboard(rows: Sequence[GroupRow], title: str | None = None, note: str | None = None,
+                extra_columns: Mapping[str, Callable[[GroupRow], str]] | None = None) -> Table:
+    """A table of already-aggregated rows of one track, best first within each protocol.
+
+    Columns: method, the descriptors (model, memory, protocol) that the track always shows or
+    that differ between rows, seeds, then each metric of the track that some row reports.
+    ``extra_columns`` (header -> cell function) are appended, e.g. a rank change between two
+    leaderboards. ``title`` and ``note`` default to the dataset/scenario and the provenance.
+    """
+    if not rows:
+        raise ValueError("a leaderboard needs at least one row")
+    if len({row.track for row in rows}) != 1:
+        raise ValueError("a leaderboard holds rows of one track")
+    rows = sorted(rows, key=lambda r: (r.protocol, r.tuned_on or "", r.rank, r.method))
+    spec = rows[0].spec
+    descriptors = [(attr, label) for attr, label in _DESCRIPTORS
+                   if label in spec.always_shown
+                   or len({getattr(row, attr) for row in rows}) > 1]
+    metrics = [m for i, m in enumerate(spec.metrics)
+               if i == 0 or any(row.metrics[m.key].n for row in rows)]
+    extra = dict(extra_columns or {})
+    header = ["method", *(label for _, label in descriptors), "seeds",
+              *(m.label for m in metrics), *extra]
+    align = ["l"] * (1 + len(descriptors)) + ["r"] * (1 + len(metrics)) + ["l"] * len(extra)
+    body = []
+    for row in rows:
+        cells = [row.method]
+        cells += [MISSING if getattr(row, attr) is None else str(getattr(row, attr))
+                  for attr, _ in descriptors]
+        cells.append(str(len(row.runs)))
+        cells += [format_stat(row.metrics[m.key], len(row.runs)) for m in metrics]
+        cells += [cell(row) for cell in extra.values()]
+        body.append(cells)
+    return Table(title=title if title is not None else table_title(rows[0]),
+                 note=note if note is not None else provenance(rows),
+                 header=header, body=body, align=align, rows=list(rows))
+
+
+def build_tables(rows: Sequence[GroupRow]) -> list[Table]:
+    """One leaderboard per (track, data, scenario), in the order of ``rows``."""
+    groups: dict[tuple, list[GroupRow]] = {}
+    for row in rows:
+        groups.setdefault(row.table, []).append(row)
+    return [leaderboard(members) for members in groups.values()]
+
+
+def _escape(cell: str) -> str:
+    return cell.replace("|", "\\|")
+
+
+def table_markdown(table: Table, level: int = 3) -> str:
+    """A table as a Markdown heading, its provenance note and a pipe table."""
+    rule = {"l": ":---", "r": "---:"}
+    lines = [f"{'#' * level} {table.title}", "", table.note, "",
+             "| " + " | ".join(map(_escape, table.header)) + " |",
+             "| " + " | ".join(rule[a] for a in table.align) + " |"]
+    lines += ["| " + " | ".join(map(_escape, cells)) + " |" for cells in table.body]
+    return "\n".join(lines) + "\n"
+
+
+def tables_markdown(tables: Sequence[Table], level: int = 2,
+                    after: Callable[[Table], str] | None = None) -> str:
+    """Tables as Markdown, one section per track (``## Track: incremental``); ``after`` adds
+    Markdown below each table (the report file puts its figures there)."""
+    out: list[str] = []
+    track = None
+    for table in tables:
+        if table.track != track:
+            track = table.track
+            out.append(f"{'#' * level} Track: {track}\n")
+        out.append(table_markdown(table, level + 1) + (after(table) if after else ""))
+    return "\n".join(out)
+
+
+def markdown_tables(rows: Sequence[GroupRow], level: int = 2) -> str:
+    """Every leaderboard of aggregated ``rows`` as Markdown (what ``hundred report`` prints)."""
+    return tables_markdown(build_tables(rows), level)
