@@ -66,7 +66,8 @@ def _cmd_data_verify(args: argparse.Namespace) -> None:
 # run-option shortcuts -> config keys (applied before --set, which wins)
 _RUN_SHORTCUTS = {"data": "data.source", "model": "model.name", "epochs": "train.epochs",
                   "batch_size": "data.batch_size", "lr": "optim.lr", "seed": "seed",
-                  "name": "name", "device": "train.device", "root": "root"}
+                  "name": "name", "device": "train.device", "root": "root",
+                  "scenario": "incremental.scenario", "memory": "incremental.memory"}
 
 
 def _cmd_run(args: argparse.Namespace) -> None:
@@ -79,7 +80,7 @@ def _cmd_run(args: argparse.Namespace) -> None:
         raise HundredError(f"unknown track {args.track!r}; known: {', '.join(tracks())}")
     if args.resume is not None:
         given = [k for k in _RUN_SHORTCUTS if getattr(args, k) is not None]
-        if given or args.config or args.set:
+        if given or args.config or args.set or args.quick:
             raise HundredError("--resume continues a run with its stored config.yaml; "
                                f"drop the other options ({', '.join(given) or '--config/--set'})")
         from hundred.engine.run import config_for_resume
@@ -91,7 +92,12 @@ def _cmd_run(args: argparse.Namespace) -> None:
                       if getattr(args, arg) is not None]
         if args.quiet:
             overrides.append("quiet=true")
-        config = build_config(args.config, overrides + args.set)
+        files = list(args.config)
+        if args.quick:
+            from hundred.config import quick_preset
+
+            files.insert(0, quick_preset(args.track))
+        config = build_config(files, overrides + args.set)
         from hundred.registry import get_method
 
         get_method(config.track, config.method)(config.method_params, config)  # validate now
@@ -123,6 +129,15 @@ def _cmd_list(args: argparse.Namespace) -> None:
     table.add_row("model", "<any timm name>", "e.g. resnet18, convnext_tiny (no pretrained "
                   "weights are downloaded)")
     Console().print(table)
+
+
+def _cmd_report(args: argparse.Namespace) -> None:
+    from hundred.report import markdown_tables, write_report
+
+    report = write_report(args.run_dirs, out=args.out)
+    print(markdown_tables(report.rows))
+    for path in report.files():
+        print(f"wrote {path}")
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
@@ -178,12 +193,23 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", action="append", default=[], help="YAML file, repeatable")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="config override, e.g. optim.lr=0.05 (repeatable)")
+    run.add_argument("--scenario", help="class-incremental split, e.g. B0-Inc10, B50-Inc10")
+    run.add_argument("--memory", type=int, help="exemplars in total (incremental.memory)")
+    run.add_argument("--quick", action="store_true",
+                     help="a small budget (fewer images and epochs) for a first look")
     run.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run exactly")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     run.set_defaults(func=_cmd_run)
 
     listing = commands.add_parser("list", help="tracks, methods, datasets and models")
     listing.set_defaults(func=_cmd_list)
+
+    report = commands.add_parser("report", help="leaderboards (mean ± std over seeds) and plots "
+                                 "from run directories")
+    report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                        help="a run directory, or a folder searched for summary.json files")
+    report.add_argument("--out", metavar="DIR", help="output folder (default: reports/<timestamp>)")
+    report.set_defaults(func=_cmd_report)
 
     demo = commands.add_parser("demo", help="the quick-start main job on built-in data")
     demo.add_argument("--quick", action="store_true", help="a smaller dataset, for tests")

@@ -72,6 +72,19 @@ class TrainConfig(_Strict):
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
 
 
+class IncrementalConfig(_Strict):
+    """Class-incremental scenario (used by the ``incremental`` track)."""
+
+    scenario: str = Field("B0-Inc10", pattern=r"^B\d+-Inc\d+$",
+                          description="B<first task classes>-Inc<classes per later task>")
+    class_order_seed: int = Field(1993, ge=0, description="np.random.seed(s); permutation")
+    class_order: Optional[list[int]] = Field(None, description="explicit class order")
+    memory: int = Field(2000, ge=0, description="exemplars in total (fixed-total memory)")
+    memory_per_class: Optional[int] = Field(
+        None, ge=1, description="exemplars per class instead (growing memory)")
+    selection: Literal["herding", "random"] = "herding"
+
+
 class RunConfig(_Strict):
     """Everything one run needs. ``method_params`` are validated by the method itself."""
 
@@ -86,6 +99,7 @@ class RunConfig(_Strict):
     optim: OptimConfig = Field(default_factory=OptimConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    incremental: IncrementalConfig = Field(default_factory=IncrementalConfig)
     method_params: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
@@ -177,6 +191,14 @@ def _deep_update(target: dict[str, Any], update: dict[str, Any]) -> None:
             _deep_update(target[key], value)
         else:
             target[key] = value
+
+
+def quick_preset(track: str) -> Path:
+    """The packaged ``--quick`` preset of ``track`` (small data and few epochs)."""
+    path = Path(__file__).parent / "presets" / f"quick-{track}.yaml"
+    if not path.is_file():
+        raise HundredError(f"track {track} has no --quick preset")
+    return path
 
 
 def dump_yaml(config: RunConfig) -> str:

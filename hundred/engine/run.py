@@ -6,6 +6,8 @@ all runs record the same things in the same places.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import time
 from dataclasses import dataclass, field
@@ -121,10 +123,20 @@ def eval_loader(ctx: RunContext, dataset: Dataset, split_name: str = "val",
                        train=False, mean=config.data.mean, std=config.data.std, indices=indices, device_budget_bytes=device_budget_bytes(config))
 
 
+def settings_digest(config: RunConfig) -> str:
+    """A short hash of everything in ``config`` that changes results, except the seed: runs
+    with the same digest differ only by seed, so reports may average them."""
+    fields = config.model_dump(mode="json", exclude={"seed", "name", "root", "quiet"})
+    fields["train"].pop("device", None)
+    text = json.dumps(fields, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
 def finish_run(ctx: RunContext, summary: dict[str, Any], title: str) -> dict[str, Any]:
     """Write ``summary.json`` (rank 0), print the results table; returns the full summary."""
     summary = {"track": ctx.config.track, "method": ctx.config.method,
                "run_dir": str(ctx.run_dir), "seed": ctx.config.seed,
+               "settings": settings_digest(ctx.config),
                "wall_seconds": round(time.perf_counter() - ctx.started, 2), **summary}
     if ctx.dist.is_main:
         write_json(ctx.run_dir / "summary.json", summary)

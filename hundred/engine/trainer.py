@@ -238,7 +238,8 @@ class Trainer:
                 self.method.on_epoch_start(epoch)
                 self.train_loader.set_epoch(epoch)
                 self.model.train()
-                progress.reset(task, total=steps_per_epoch, epoch=f"{epoch + 1}/{epochs}")
+                progress.reset(task, total=steps_per_epoch, epoch=f"{epoch + 1}/{epochs}",
+                               rate=0.0, loss="-")
                 loss_sum = torch.zeros((), device=self.device)
                 epoch_images, start = 0, time.perf_counter()
                 for batch, (images, labels) in enumerate(self.train_loader):

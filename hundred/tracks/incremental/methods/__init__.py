@@ -1,0 +1,1 @@
+"""Methods of the class-incremental track, one file each."""

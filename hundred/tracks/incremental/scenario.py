@@ -1,0 +1,331 @@
+"""The class-incremental scenario: classes arrive in tasks; after each task, evaluate on all
+classes seen so far with the linear head and the nearest-mean-of-exemplars classifier.
+
+Conventions (Rebuffi et al., iCaRL, CVPR 2017; Hou et al., UCIR, CVPR 2019):
+
+* class order: sort the dataset's classes, then ``np.random.seed(1993);
+  np.random.permutation(num_classes)`` (or an explicit list); the model's output ``k`` is the
+  ``k``-th class to arrive;
+* ``B0-Inc10``: ten classes per task from scratch; ``B50-Inc10``: a first task of 50 classes,
+  then ten per task; a smaller last task takes the remainder;
+* every task trains a fresh optimiser for ``train.epochs`` epochs through the shared engine.
+
+Every task boundary is a checkpoint (``tasks/task-XX/done.json`` + ``final.safetensors``), and
+each task's epochs are checkpointed by the engine, so a killed run resumes at the task and
+epoch where it stopped and ends with the same result.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from safetensors.torch import save as save_safetensors
+
+from hundred.config import IncrementalConfig, RunConfig
+from hundred.data import ArraySplit, Dataset
+from hundred.engine.checkpoint import load_weights
+from hundred.engine.distributed import shutdown
+from hundred.engine.run import (RunContext, eval_loader, finish_run, load_data, start_run,
+                                train_loader)
+from hundred.engine.trainer import Trainer
+from hundred.errors import HundredError
+from hundred.io import atomic_open, write_json
+from hundred.models import Classifier, create
+from hundred.registry import get_method
+from hundred.tracks.incremental.memory import ExemplarMemory
+from hundred.tracks.incremental.method import IncrementalMethod, Task
+from hundred.tracks.incremental.metrics import matrix_to_json, summarise
+
+
+def task_sizes(scenario: str, num_classes: int) -> list[int]:
+    """``"B50-Inc10"`` on 100 classes -> ``[50, 10, 10, 10, 10, 10]``; B0 starts with Inc."""
+    match = re.fullmatch(r"B(\d+)-Inc(\d+)", scenario)
+    if match is None:
+        raise HundredError(f"scenario {scenario!r} is not of the form B<base>-Inc<step>")
+    base, step = int(match[1]), int(match[2])
+    if step < 1:
+        raise HundredError(f"scenario {scenario}: the increment must be at least 1")
+    if base >= num_classes:
+        raise HundredError(f"scenario {scenario}: a base of {base} classes leaves no increment "
+                           f"in a dataset of {num_classes} classes")
+    sizes = [base] if base else []
+    remaining = num_classes - base
+    sizes += [step] * (remaining // step) + ([remaining % step] if remaining % step else [])
+    return sizes
+
+
+def class_order(num_classes: int, config: IncrementalConfig) -> np.ndarray:
+    """``order[k]`` = the dataset label that arrives k-th."""
+    if config.class_order is not None:
+        order = np.asarray(config.class_order, dtype=np.int64)
+        if sorted(order.tolist()) != list(range(num_classes)):
+            raise HundredError(f"incremental.class_order must be a permutation of 0..{num_classes - 1}")
+        return order
+    np_state = np.random.get_state()
+    np.random.seed(config.class_order_seed)  # the community's exact recipe, not default_rng
+    order = np.random.permutation(num_classes)
+    np.random.set_state(np_state)
+    return order.astype(np.int64)
+
+
+def build_tasks(sizes: list[int]) -> list[Task]:
+    tasks, seen = [], 0
+    for index, size in enumerate(sizes):
+        tasks.append(Task(index, len(sizes), tuple(range(seen, seen + size)), seen))
+        seen += size
+    return tasks
+
+
+def relabelled(dataset: Dataset, order: np.ndarray) -> Dataset:
+    """The dataset with label ``order[k]`` renamed ``k`` (images shared, not copied)."""
+    position = np.empty_like(order)
+    position[order] = np.arange(len(order))
+    splits = {name: ArraySplit(dataset.arrays(name).images, position[dataset.arrays(name).labels])
+              for name in dataset.splits}
+    return Dataset(dataset.name, [dataset.class_ids[c] for c in order],
+                   [dataset.class_names[c] for c in order], splits, dataset.skipped, dataset.info)
+
+
+@torch.no_grad()
+def extract(model: Classifier, batches: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(logits, features, labels) over all ``batches``, in eval mode, on the CPU."""
+    was_training = model.training
+    model.eval()
+    outputs: list[tuple[torch.Tensor, ...]] = []
+    for images, labels in batches:
+        logits, features = model(images, return_features=True)
+        outputs.append((logits.float().cpu(), features.float().cpu(), labels.cpu()))
+    model.train(was_training)
+    return tuple(torch.cat(parts) for parts in zip(*outputs))  # type: ignore[return-value]
+
+
+def class_means(features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Normalised mean of the L2-normalised features of each class (iCaRL's mu_y)."""
+    normalised = torch.nn.functional.normalize(features, dim=1)
+    means = torch.zeros(num_classes, features.shape[1])
+    means.index_add_(0, labels, normalised)
+    return torch.nn.functional.normalize(means, dim=1)
+
+
+def accuracy_by_task(predictions: torch.Tensor, labels: torch.Tensor, task: Task,
+                     tasks: list[Task]) -> dict[str, Any]:
+    """Top-1 on all seen classes, per task (a row of the accuracy matrix), old and new."""
+    correct = (predictions == labels).float()
+    task_of = torch.empty(task.num_seen, dtype=torch.long)
+    for earlier in tasks[: task.index + 1]:
+        task_of[list(earlier.new_classes)] = earlier.index
+    label_task = task_of[labels]
+    row = [100 * float(correct[label_task == j].mean()) for j in range(task.index + 1)]
+    old = label_task < task.index
+    return {"top1": 100 * float(correct.mean()), "row": row,
+            "old": 100 * float(correct[old].mean()) if old.any() else None,
+            "new": 100 * float(correct[~old].mean())}
+
+
+class IncrementalRun:
+    """One class-incremental run: the tasks, the memory and the per-task records."""
+
+    def __init__(self, ctx: RunContext, method: IncrementalMethod, dataset: Dataset) -> None:
+        self.ctx, self.config, self.method = ctx, ctx.config, method
+        inc = self.config.incremental
+        self.order = class_order(dataset.num_classes, inc)
+        self.dataset = relabelled(dataset, self.order)
+        self.tasks = build_tasks(task_sizes(inc.scenario, dataset.num_classes))
+        self.train = self.dataset.arrays("train")
+        self.val = self.dataset.arrays("val")
+        self.class_indices = {c: np.flatnonzero(self.train.labels == c)
+                              for c in range(dataset.num_classes)}
+        self.memory = ExemplarMemory(inc.memory, inc.memory_per_class, inc.selection,
+                                     seed=self.config.seed)
+        self.records: list[dict[str, Any]] = []
+        self.tasks_dir = ctx.run_dir / "tasks"
+        self.model: Classifier | None = None
+
+    # -- model and data for a task --------------------------------------------------------
+    def _new_model(self, num_classes: int) -> Classifier:
+        model_config = self.config.model
+        return create(model_config.name, num_classes, head=model_config.head,
+                      img_size=self.train.resolution[0], **model_config.options)
+
+    def _task_seed(self, task: Task) -> int:
+        return self.config.seed * 1009 + task.index
+
+    def training_indices(self, task: Task) -> np.ndarray:
+        """Task data, plus the memory or all earlier data, as the method declares."""
+        if self.method.trains_on_all_seen:
+            return np.flatnonzero(self.train.labels < task.num_seen)
+        current = np.flatnonzero((self.train.labels >= task.num_old) &
+                                 (self.train.labels < task.num_seen))
+        if self.method.uses_memory and len(self.memory):
+            current = np.union1d(current, self.memory.indices())
+        return current.astype(np.int64)
+
+    def _features_of(self, model: Classifier) -> Callable[[np.ndarray], torch.Tensor]:
+        def features(indices: np.ndarray) -> torch.Tensor:
+            batches = eval_loader(self.ctx, self.dataset, "train", indices=indices)
+            return extract(model, batches)[1]
+
+        return features
+
+    # -- resume ---------------------------------------------------------------------------
+    def _task_dir(self, task: Task) -> Path:
+        return self.tasks_dir / f"task-{task.index:02d}"
+
+    def restore(self) -> int:
+        """Load the finished tasks of a resumed run; returns the first task still to do."""
+        done = [t for t in self.tasks if (self._task_dir(t) / "done.json").is_file()]
+        if not done:
+            return 0
+        import json
+
+        for task in done:
+            self.records.append(json.loads((self._task_dir(task) / "done.json").read_text()))
+        last = done[-1]
+        self.memory.load_state_dict(self.records[-1]["memory"])
+        self.model = self._new_model(last.num_seen)
+        self.model.load_state_dict(load_weights(self._task_dir(last) / "final.safetensors"))
+        return last.index + 1
+
+    # -- one task -------------------------------------------------------------------------
+    def run_task(self, task: Task) -> dict[str, Any]:
+        ctx, method = self.ctx, self.method
+        torch.manual_seed(self._task_seed(task))
+        old_model = None
+        if self.model is None:
+            self.model = self._new_model(task.num_seen)
+        else:
+            if method.keeps_old_model:
+                old_model = copy.deepcopy(self.model).eval().requires_grad_(False)
+            self.model.head = self.model.head.grown(task.num_new)
+        model = self.model
+        method.before_task(task, model, old_model)
+        task_dir = self._task_dir(task)
+        if ctx.dist.is_main:
+            task_dir.mkdir(parents=True, exist_ok=True)
+        loader = train_loader(ctx, self.dataset, indices=self.training_indices(task),
+                              seed_offset=task.index)
+        trainer = Trainer(self.config, model, method, loader, None, ctx.device, task_dir,
+                          ctx.dist, ctx.console)
+        trainer.resume()
+        trainer.fit()
+        method_log = method.after_task(task, model)
+        if method.uses_memory:
+            self._update_memory(task, model)
+        record = {"task": task.index, "classes": task.num_seen, **self.evaluate(task, model),
+                  "method_log": method_log, "memory_size": len(self.memory),
+                  "memory": self.memory.state_dict()}
+        if ctx.dist.is_main:
+            with atomic_open(task_dir / "final.safetensors", "wb") as handle:
+                handle.write(save_safetensors({k: v.detach().cpu().contiguous()
+                                               for k, v in model.state_dict().items()}))
+            write_json(task_dir / "done.json", record)
+            shutil.rmtree(task_dir / "checkpoints", ignore_errors=True)
+        return record
+
+    def _update_memory(self, task: Task, model: Classifier) -> None:
+        if self.ctx.dist.is_main:
+            self.memory.update(list(task.new_classes), self.class_indices,
+                               self._features_of(model))
+        if self.ctx.dist.enabled:  # every rank trains on rank 0's selection
+            holder = [self.memory.state_dict()]
+            torch.distributed.broadcast_object_list(holder, src=0)
+            self.memory.load_state_dict(holder[0])
+
+    def evaluate(self, task: Task, model: Classifier) -> dict[str, Any]:
+        """Linear-head and NME accuracies on the val samples of all seen classes."""
+        if not self.ctx.dist.is_main:
+            return {}
+        seen = np.flatnonzero(self.val.labels < task.num_seen)
+        logits, features, labels = extract(model, eval_loader(self.ctx, self.dataset, "val",
+                                                              indices=seen))
+        result: dict[str, Any] = {}
+        linear = accuracy_by_task(logits.argmax(1), labels, task, self.tasks)
+        top5 = logits.topk(min(5, task.num_seen), dim=1).indices
+        linear["top5"] = 100 * float((top5 == labels[:, None]).any(1).float().mean())
+        result["linear"] = linear
+        if len(self.memory):
+            memory_indices = self.memory.indices()
+            _, memory_features, memory_labels = extract(
+                model, eval_loader(self.ctx, self.dataset, "train", indices=memory_indices))
+            means = class_means(memory_features, memory_labels, task.num_seen)
+            similarity = torch.nn.functional.normalize(features, dim=1) @ means.T
+            nme = accuracy_by_task(similarity.argmax(1), labels, task, self.tasks)
+            top5 = similarity.topk(min(5, task.num_seen), dim=1).indices
+            nme["top5"] = 100 * float((top5 == labels[:, None]).any(1).float().mean())
+            result["nme"] = nme
+        return result
+
+    # -- whole run ------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        start = self.restore() if self.ctx.resumed else 0
+        for task in self.tasks[start:]:
+            record = self.run_task(task)
+            self.records.append(record)
+            if self.ctx.dist.is_main:
+                self._log(task, record)
+        return self.summary()
+
+    def _log(self, task: Task, record: dict[str, Any]) -> None:
+        linear, nme = record["linear"], record.get("nme")
+        parts = [f"task {task.index + 1}/{task.count}", f"classes {task.num_seen}",
+                 f"top1 {linear['top1']:.2f}"]
+        if nme:
+            parts.append(f"nme {nme['top1']:.2f}")
+        if linear["old"] is not None:
+            parts.append(f"old {linear['old']:.1f} / new {linear['new']:.1f}")
+        self.ctx.console.print("  ".join(parts), highlight=False)
+
+    def summary(self) -> dict[str, Any]:
+        """Headline numbers (from the method's own classifier) and every curve."""
+        if not self.ctx.dist.is_main:
+            return {}
+        inc = self.config.incremental
+        summary: dict[str, Any] = {
+            "data": self.dataset.name, "model": self.config.model.name,
+            "scenario": inc.scenario, "memory": inc.memory_per_class or inc.memory,
+            "memory_kind": "per-class" if inc.memory_per_class else "fixed-total",
+            "selection": inc.selection, "class_order": self.order.tolist(),
+            "classifier": self.method.classifier, "protocol": "conventional", "tuned_on": None,
+            "classes_per_step": [r["classes"] for r in self.records],
+        }
+        for name in ("linear", "nme"):
+            if any(name not in r for r in self.records):
+                summary[f"{name}_step_top1"] = summary[f"{name}_accuracy_matrix"] = None
+                continue
+            matrix = np.full((len(self.records),) * 2, np.nan)
+            for t, record in enumerate(self.records):
+                matrix[t, : t + 1] = record[name]["row"]
+            step_top1 = [r[name]["top1"] for r in self.records]
+            summary[f"{name}_step_top1"] = step_top1
+            summary[f"{name}_step_top5"] = [r[name]["top5"] for r in self.records]
+            summary[f"{name}_accuracy_matrix"] = matrix_to_json(matrix)
+            summary[f"{name}_old_accuracy"] = [r[name]["old"] for r in self.records]
+            summary[f"{name}_new_accuracy"] = [r[name]["new"] for r in self.records]
+            summary[f"{name}_avg_incremental_accuracy"] = summarise(step_top1, matrix)[
+                "avg_incremental_accuracy"]
+            if name == self.method.classifier or (name == "linear" and "nme" not in self.records[-1]):
+                summary.update(summarise(step_top1, matrix))
+                for key in ("step_top1", "step_top5", "accuracy_matrix", "old_accuracy",
+                            "new_accuracy"):
+                    summary[key] = summary[f"{name}_{key}"]
+        summary["method_logs"] = [r.get("method_log", {}) for r in self.records]
+        return summary
+
+
+def run(config: RunConfig, resume_dir: Path | None = None) -> dict[str, Any]:
+    """Run ``config.method`` through the class-incremental scenario; returns the summary."""
+    method = get_method("incremental", config.method)(config.method_params, config)
+    ctx = start_run(config, resume_dir)
+    try:
+        dataset = load_data(config)
+        summary = IncrementalRun(ctx, method, dataset).run()
+        title = f"incremental/{config.method}, {config.incremental.scenario} on {dataset.name}"
+        return finish_run(ctx, summary, title)
+    finally:
+        shutdown(ctx.dist)
