@@ -100,7 +100,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--cases", default="resnet20@32,resnet18_lowres@64")
+    parser.add_argument("--cases", default="resnet20@32,resnet18@64")
     args = parser.parse_args()
     device = torch.device(args.device)
     table = Table(title=f"training images/s on {device} ({os.cpu_count()} cores, "
