@@ -4,6 +4,10 @@
     hundred data info DIR|SOURCE                   summary of a packed or built-in dataset
     hundred data verify DIR                        check the sha256 of every packed array
     hundred run TRACK METHOD [--data D --model M --epochs N --set key=value ...]
+    hundred tune TRACK METHOD --data 'D[0-49]' --scenario S --trials N [--storage URL]
+    hundred evaluate TRACK METHOD --params BEST.yaml --data 'D[50-99]' --seeds K
+    hundred check TRACK [--methods a,b --tune-data X --eval-data Y --trials N --seeds K]
+    hundred report RUN_DIR ...                     leaderboards (mean ± std) and plots
     hundred list                                   tracks, methods, datasets and models
     hundred demo                                   the quick-start main job on built-in data
 """
@@ -140,6 +144,72 @@ def _cmd_report(args: argparse.Namespace) -> None:
         print(f"wrote {path}")
 
 
+def _cmd_tune(args: argparse.Namespace) -> None:
+    from hundred.protocol.tune import base_config, tune
+
+    base = base_config(args.track, args.method, args.data, args.scenario, args.budget,
+                       args.config, args.set, root=args.root, device=args.device)
+    tune(base, args.trials, storage=args.storage, study_name=args.study, sampler=args.sampler,
+         sampler_seed=args.sampler_seed, budget=args.budget, space_file=args.space, out=args.out,
+         verbose=args.verbose)
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> None:
+    from hundred.protocol.evaluate import evaluate
+    from hundred.protocol.tune import read_best
+
+    best = read_best(args.params)
+    if (best.track, best.method) != (args.track, args.method):
+        raise HundredError(f"{args.params} holds the parameters of {best.track}/{best.method}, "
+                           f"not {args.track}/{args.method}")
+    evaluate(best, args.data, _seed_list(args.seeds), args.config, args.set, root=args.root,
+             device=args.device, verbose=args.verbose)
+
+
+def _seed_list(text: str) -> list[int]:
+    """``"3"`` -> seeds 0, 1, 2; ``"0,5,7"`` -> those seeds."""
+    try:
+        if "," in text:
+            seeds = [int(part) for part in text.split(",")]
+        else:
+            seeds = list(range(int(text)))
+    except ValueError:
+        raise HundredError(f"--seeds expects a count (3) or a list (0,5,7), got {text!r}") from None
+    if not seeds or any(seed < 0 for seed in seeds) or len(set(seeds)) != len(seeds):
+        raise HundredError(f"--seeds {text}: give a count >= 1 or distinct seeds >= 0")
+    return seeds
+
+
+def _cmd_check(args: argparse.Namespace) -> None:
+    from hundred.protocol.check import check
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    check(args.track, methods, args.tune_data, args.eval_data, args.scenario, args.trials,
+          args.seeds, budget=args.budget, sampler=args.sampler, sampler_seed=args.sampler_seed,
+          out=args.out, files=args.config, overrides=args.set, device=args.device,
+          space_file=args.space, verbose=args.verbose)
+
+
+def _add_protocol_options(parser: argparse.ArgumentParser, search: bool) -> None:
+    """Options that ``tune``, ``evaluate`` and ``check`` share."""
+    parser.add_argument("--config", action="append", default=[], help="YAML file, repeatable")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override, e.g. model.name=resnet32 (repeatable)")
+    parser.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="show every run's output (default: one line per run; the output "
+                        "is kept in the run directory's console.log)")
+    if search:
+        parser.add_argument("--budget", default="quick", choices=["quick", "paper"],
+                            help="quick: CPU-scale grid and base (default); paper: the paper's "
+                            "grid (epochs 30-200) on your config")
+        parser.add_argument("--space", metavar="FILE", help="YAML entries replacing the grid's "
+                            "(key: [values] | {low, high, log}; key: null drops it)")
+        parser.add_argument("--sampler", default="random", choices=["random", "tpe"],
+                            help="random search (the paper's) or TPE")
+        parser.add_argument("--sampler-seed", type=int, default=0, help="seed of the search")
+
+
 def _cmd_demo(args: argparse.Namespace) -> None:
     from hundred.demo import run_demo
 
@@ -210,6 +280,64 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a run directory, or a folder searched for summary.json files")
     report.add_argument("--out", metavar="DIR", help="output folder (default: reports/<timestamp>)")
     report.set_defaults(func=_cmd_report)
+
+    data_help = ("SOURCE or SOURCE[CLASSES]: a class selection such as synth100[0-49] "
+                 "(dataset labels, relabelled 0..K-1; quote it in zsh)")
+    tune = commands.add_parser("tune", help="tune a method's hyperparameters with Optuna (phase "
+                               "1 of tune-then-evaluate)")
+    from hundred.protocol import (DEFAULT_EVAL_DATA, DEFAULT_METHODS, DEFAULT_SCENARIO,
+                                  DEFAULT_SEEDS, DEFAULT_TRIALS, DEFAULT_TUNE_DATA)
+
+    tune.add_argument("track", help="e.g. incremental")
+    tune.add_argument("method", help="e.g. wa")
+    tune.add_argument("--data", default=DEFAULT_TUNE_DATA,
+                      help=f"the tuning data (default {DEFAULT_TUNE_DATA}); {data_help}")
+    tune.add_argument("--scenario", default=DEFAULT_SCENARIO,
+                      help=f"class-incremental split (default {DEFAULT_SCENARIO})")
+    tune.add_argument("--trials", type=int, default=10,
+                      help="run until the study holds this many complete trials (default 10)")
+    tune.add_argument("--storage", help="SQLAlchemy URL of the study database (default "
+                      "sqlite:///<root>/studies.db; postgresql://... for many machines)")
+    tune.add_argument("--study", help="study name (default <track>-<method>-<data>-<scenario>)")
+    tune.add_argument("--out", help="best-parameters YAML (default <root>/best/<study>.yaml)")
+    tune.add_argument("--root", help="runs root directory (default runs)")
+    _add_protocol_options(tune, search=True)
+    tune.set_defaults(func=_cmd_tune)
+
+    evaluate = commands.add_parser("evaluate", help="train with frozen tuned parameters on other "
+                                   "data over seeds (phase 2 of tune-then-evaluate)")
+    evaluate.add_argument("track")
+    evaluate.add_argument("method")
+    evaluate.add_argument("--params", required=True, metavar="BEST.yaml",
+                          help="the best-parameters file written by hundred tune")
+    evaluate.add_argument("--data", default=DEFAULT_EVAL_DATA,
+                          help=f"the evaluation data (default {DEFAULT_EVAL_DATA}); {data_help}")
+    evaluate.add_argument("--seeds", default="3", help="a count (3: seeds 0,1,2) or a list "
+                          "(0,5,7); default 3")
+    evaluate.add_argument("--root", help="runs root directory (default: the one the tuning "
+                          "runs are in)")
+    _add_protocol_options(evaluate, search=False)
+    evaluate.set_defaults(func=_cmd_evaluate)
+
+    check = commands.add_parser("check", help="the whole tune-then-evaluate protocol for several "
+                                "methods: both leaderboards and a report")
+    check.add_argument("track", help="e.g. incremental")
+    check.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                       help=f"comma-separated (default {','.join(DEFAULT_METHODS)})")
+    check.add_argument("--tune-data", default=DEFAULT_TUNE_DATA,
+                       help=f"default {DEFAULT_TUNE_DATA}; {data_help}")
+    check.add_argument("--eval-data", default=DEFAULT_EVAL_DATA,
+                       help=f"default {DEFAULT_EVAL_DATA}; class-disjoint from the tuning data")
+    check.add_argument("--scenario", default=DEFAULT_SCENARIO,
+                       help=f"class-incremental split (default {DEFAULT_SCENARIO})")
+    check.add_argument("--trials", type=int, default=DEFAULT_TRIALS,
+                       help=f"complete tuning trials per method (default {DEFAULT_TRIALS})")
+    check.add_argument("--seeds", type=int, default=DEFAULT_SEEDS,
+                       help=f"evaluation seeds per method (default {DEFAULT_SEEDS})")
+    check.add_argument("--out", help="output folder: studies, best parameters, runs, report "
+                       "(default runs/check/<track>-<time>; the same --out resumes)")
+    _add_protocol_options(check, search=True)
+    check.set_defaults(func=_cmd_check)
 
     demo = commands.add_parser("demo", help="the quick-start main job on built-in data")
     demo.add_argument("--quick", action="store_true", help="a smaller dataset, for tests")

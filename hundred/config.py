@@ -6,11 +6,12 @@ an out-of-range value fails at once with a message naming the key and what is al
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from hundred.errors import HundredError
 
@@ -21,16 +22,87 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+_CLASS_ITEM = r"\s*\d+\s*(?:-\s*\d+\s*)?"
+_CLASSES_SYNTAX = re.compile(rf"{_CLASS_ITEM}(?:,{_CLASS_ITEM})*")
+# ``synth100[0-49]``: a source spec with a class selection appended (what reports print)
+_SOURCE_WITH_CLASSES = re.compile(r"(?P<source>.*[^\s\[])\[(?P<classes>[\d,\s-]*)\]")
+
+
+def parse_classes(text: str) -> list[int]:
+    """``"0-2,7"`` -> ``[0, 1, 2, 7]``: class indices (labels of the dataset, i.e. positions in
+    its sorted class list). ValueError names what is wrong (syntax, a reversed range, a class
+    listed twice)."""
+    if not isinstance(text, str) or not _CLASSES_SYNTAX.fullmatch(text):
+        raise ValueError(f"{text!r} is not a class selection such as '0-49', '50-99' or "
+                         "'0,3,7-9'")
+    indices: list[int] = []
+    for item in text.split(","):
+        low, _, high = item.partition("-")
+        first, last = int(low), int(high) if high.strip() else int(low)
+        if last < first:
+            raise ValueError(f"class range {item.strip()!r} runs backwards")
+        indices += range(first, last + 1)
+    twice = sorted({i for i in indices if indices.count(i) > 1})
+    if twice:
+        raise ValueError(f"class selection {text!r} lists {twice[:5]} more than once")
+    return sorted(indices)
+
+
+def format_classes(indices: list[int]) -> str:
+    """The canonical text of a class selection: ``[0, 1, 2, 7]`` -> ``"0-2,7"``."""
+    parts: list[str] = []
+    ordered = sorted(indices)
+    start = 0
+    for i in range(1, len(ordered) + 1):
+        if i == len(ordered) or ordered[i] != ordered[i - 1] + 1:
+            first, last = ordered[start], ordered[i - 1]
+            parts.append(str(first) if first == last else f"{first}-{last}")
+            start = i
+    return ",".join(parts)
+
+
 class DataConfig(_Strict):
-    source: str = Field("synth100", description="source spec or packed directory")
+    source: str = Field("synth100", description="source spec or packed directory; "
+                        "'SOURCE[0-49]' also sets classes")
+    classes: Optional[str] = Field(
+        None, description="keep only these classes (dataset labels = sorted class index), "
+        "relabelled 0..K-1, e.g. '0-49' or '0,3,7-9'; None = all")
     options: dict[str, Any] = Field(default_factory=dict, description="source options")
     augment: str = Field("crop-flip", description="train augmentation preset")
+    image_size: Optional[int] = Field(
+        None, ge=8, description="model input size; default: the data's resolution (pack a "
+        "little larger, e.g. 72 for 64, so random-resized and centre crops have a margin)")
     batch_size: int = Field(128, ge=1, description="global batch size (all ranks together)")
     eval_batch_size: int = Field(512, ge=1)
     device_budget_gb: Optional[float] = Field(
         None, ge=0, description="keep a split on the device when it fits; None = automatic")
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _split_source_classes(cls, raw: Any) -> Any:
+        """``source: synth100[0-49]`` is shorthand for ``source: synth100, classes: 0-49``."""
+        if isinstance(raw, dict) and isinstance(raw.get("source"), str):
+            match = _SOURCE_WITH_CLASSES.fullmatch(raw["source"].strip())
+            if match:
+                if raw.get("classes") is not None:
+                    raise ValueError(f"source {raw['source']!r} selects classes and so does "
+                                     f"classes={raw['classes']!r}; give them once")
+                raw = {**raw, "source": match["source"], "classes": match["classes"]}
+        return raw
+
+    @field_validator("classes", mode="before")
+    @classmethod
+    def _canonical_classes(cls, value: Any) -> Optional[str]:
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)  # ``--set data.classes=7`` reads as an integer
+        return None if value is None else format_classes(parse_classes(value))
+
+    @property
+    def label(self) -> str:
+        """``synth100`` or ``synth100[0-49]``: the source with its class selection."""
+        return self.source + (f"[{self.classes}]" if self.classes else "")
 
 
 class ModelConfig(_Strict):
@@ -85,6 +157,43 @@ class IncrementalConfig(_Strict):
     selection: Literal["herding", "random"] = "herding"
 
 
+class ProvenanceConfig(_Strict):
+    """Which protocol produced a run (copied into ``summary.json`` and every report row).
+
+    ``conventional``: trained with hand-set hyperparameters; whoever reports the number may
+    have tuned them on the very data it is reported on. ``tune-then-evaluate`` (Cha & Cho,
+    "Hyperparameters in Continual Learning: a Reality Check", TMLR 2025): a ``tuning`` run is
+    one trial of a study on the tuning data; an ``evaluation`` run trains with the study's
+    frozen best parameters (``tuned_params``) on a different dataset (``tuned_on`` names the
+    tuning data, ``tuning_fingerprint`` its identity, so loading it again is refused).
+    """
+
+    protocol: Literal["conventional", "tune-then-evaluate"] = "conventional"
+    phase: Optional[Literal["tuning", "evaluation"]] = None
+    study: Optional[str] = Field(None, description="the Optuna study that tuned / is tuning")
+    trial: Optional[int] = Field(None, ge=0, description="the study's trial number (tuning)")
+    tuned_on: Optional[str] = Field(None, description="the data the parameters were tuned on")
+    tuning_fingerprint: Optional[str] = Field(None, description="data fingerprint of tuned_on")
+    tuned_params: dict[str, Any] = Field(
+        default_factory=dict, description="searched parameters (a trial's candidate or the "
+        "study's best), as declared in the search space")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ProvenanceConfig":
+        if self.protocol == "conventional":
+            extra = [k for k in ("phase", "study", "trial", "tuned_on", "tuning_fingerprint")
+                     if getattr(self, k) is not None] + (["tuned_params"] if self.tuned_params else [])
+            if extra:
+                raise ValueError(f"a conventional run has no {', '.join(extra)}")
+        elif self.phase is None:
+            raise ValueError("a tune-then-evaluate run needs phase: tuning or evaluation")
+        elif self.phase == "tuning" and (self.tuned_on or self.tuning_fingerprint):
+            raise ValueError("a tuning run is on the tuning data; tuned_on is for evaluation runs")
+        elif self.phase == "evaluation" and not (self.tuned_on and self.tuning_fingerprint):
+            raise ValueError("an evaluation run must name tuned_on and tuning_fingerprint")
+        return self
+
+
 class RunConfig(_Strict):
     """Everything one run needs. ``method_params`` are validated by the method itself."""
 
@@ -101,6 +210,7 @@ class RunConfig(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     incremental: IncrementalConfig = Field(default_factory=IncrementalConfig)
     method_params: dict[str, Any] = Field(default_factory=dict)
+    provenance: ProvenanceConfig = Field(default_factory=ProvenanceConfig)
 
     @model_validator(mode="after")
     def _milestones_inside_training(self) -> "RunConfig":
@@ -108,6 +218,28 @@ class RunConfig(_Strict):
         if self.schedule.name == "step" and bad:
             raise ValueError(f"schedule.milestones {bad} must lie in 1..{self.train.epochs - 1}")
         return self
+
+
+def with_values(config: RunConfig, values: dict[str, Any], origin: str = "values") -> RunConfig:
+    """A validated copy of ``config`` with dotted keys set (``{"optim.lr": 0.05}``); the keys
+    of a dict field may be reached too (``model.options.width``). HundredError names a bad key."""
+    raw = config.model_dump(mode="json")
+    for key, value in values.items():
+        node = raw
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.get(part) if isinstance(node, dict) else None
+            if not isinstance(child, dict):
+                if isinstance(node, dict) and part not in node:
+                    child = node[part] = {}
+                else:
+                    raise HundredError(f"{origin}: {key}: {part!r} is not a section")
+            node = child
+        node[parts[-1]] = value
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as error:
+        raise HundredError(_format_errors(error, origin)) from None
 
 
 def _format_errors(error: ValidationError, origin: str) -> str:

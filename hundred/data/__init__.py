@@ -6,8 +6,10 @@ from pathlib import Path
 from typing import Any
 
 from hundred.data.dataset import ArraySplit, Dataset, FileSplit, class_subset_indices
+from hundred.data.subset import fingerprint, select_classes
 
-__all__ = ["ArraySplit", "Dataset", "FileSplit", "class_subset_indices", "load"]
+__all__ = ["ArraySplit", "Dataset", "FileSplit", "class_subset_indices", "fingerprint", "load",
+           "load_selection", "select_classes"]
 
 
 def load(spec: str | Path, **options: Any) -> Dataset:
@@ -28,3 +30,23 @@ def load(spec: str | Path, **options: Any) -> Dataset:
     for split in dataset.splits:
         dataset.arrays(split)  # clear error if a split is still files
     return dataset
+
+
+def load_selection(spec: str | Path, selection: str | None = None,
+                   options: dict[str, Any] | None = None) -> Dataset:
+    """:func:`load` with source ``options``, then keep only the classes of ``selection``
+    (``"0-49"``: dataset labels, relabelled ``0..K-1``; see
+    :func:`~hundred.data.subset.select_classes`). ``None`` keeps all. (The selection is not a
+    keyword option: ``synth100`` has an option called ``classes`` of its own.)"""
+    from hundred.config import parse_classes
+
+    dataset = load(spec, **(options or {}))
+    if selection is None:
+        return dataset
+    try:
+        indices = parse_classes(selection)
+    except ValueError as error:
+        from hundred.errors import HundredError
+
+        raise HundredError(f"data.classes: {error}") from None
+    return select_classes(dataset, indices, selection)

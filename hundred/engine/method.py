@@ -1,7 +1,9 @@
 """The hook set through which a method plugs into the trainer. Keep it minimal.
 
 A method subclasses :class:`Method`, declares its hyperparameters as a pydantic model
-(``Params``, validated before training starts) and overrides only the hooks it needs:
+(``Params``, validated before training starts), may declare which of them ``hundred tune``
+searches (``search_space``, added to the shared grid of :mod:`hundred.protocol.space`), and
+overrides only the hooks it needs:
 
 * ``loss(model, images, labels)`` — the training loss for one batch (required);
 * ``on_epoch_start(epoch)`` / ``on_epoch_end(epoch)``;
@@ -11,7 +13,7 @@ A method subclasses :class:`Method`, declares its hyperparameters as a pydantic 
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Mapping
 
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -19,6 +21,7 @@ from torch import nn
 
 from hundred.config import RunConfig
 from hundred.errors import HundredError
+from hundred.protocol.space import Dimension
 
 
 class NoParams(BaseModel):
@@ -31,12 +34,16 @@ class Method:
     """Base class of a method plugin. ``track`` and ``name`` are set by the registry.
 
     ``self.params`` holds the validated method hyperparameters, ``self.config`` the run's
-    configuration (shared settings such as ``train.label_smoothing``).
+    configuration (shared settings such as ``train.label_smoothing``). ``search_space``
+    holds the method's own tuning entries (config path -> :class:`~hundred.protocol.space.Choice`
+    or a range, e.g. ``{"method_params.temperature": Choice((0.5, 1.0, 2.0))}``); tuning
+    adds them to the shared grid (epochs, lr, schedule, ...), as Cha & Cho (TMLR 2025) do.
     """
 
     track: ClassVar[str] = ""
     name: ClassVar[str] = ""
     Params: ClassVar[type[BaseModel]] = NoParams
+    search_space: ClassVar[Mapping[str, Dimension]] = {}
 
     def __init__(self, params: dict[str, Any] | None = None, config: RunConfig | None = None
                  ) -> None:

@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from hundred.config import RunConfig, build_config, dump_yaml
-from hundred.data import Dataset, load
+from hundred.data import Dataset, fingerprint, load_selection
 from hundred.data.loader import BatchLoader
 from hundred.engine.distributed import DistInfo, barrier, init_distributed
 from hundred.engine.rundir import environment, new_run_dir
@@ -90,8 +90,24 @@ def config_for_resume(resume_dir: Path, track: str, method: str) -> RunConfig:
 
 
 def load_data(config: RunConfig) -> Dataset:
-    """The run's dataset: a packed directory or a built-in/array source, decoded."""
-    return load(config.data.source, **config.data.options)
+    """The run's dataset: a packed directory or a built-in/array source, decoded, restricted to
+    ``data.classes``. ``info["fingerprint"]`` records its identity (summaries copy it).
+
+    An evaluation run of the tune-then-evaluate protocol refuses data whose fingerprint is
+    that of the data its parameters were tuned on (honest by construction: DESIGN.md, 5).
+    """
+    dataset = load_selection(config.data.source, config.data.classes, config.data.options)
+    dataset.info["fingerprint"] = fingerprint(dataset)
+    provenance = config.provenance
+    if provenance.phase == "evaluation" and dataset.info["fingerprint"] == provenance.tuning_fingerprint:
+        raise HundredError(f"{dataset.name} is the data the parameters were tuned on "
+                           f"({provenance.tuned_on}); the evaluation phase must use other data")
+    return dataset
+
+
+def image_size(config: RunConfig, dataset: Dataset) -> int:
+    """The model's input size: ``data.image_size``, else the training images' resolution."""
+    return config.data.image_size or dataset.arrays("train").resolution[0]
 
 
 def device_budget_bytes(config: RunConfig) -> int | None:
@@ -108,7 +124,8 @@ def train_loader(ctx: RunContext, dataset: Dataset, indices: np.ndarray | None =
                            f"{ctx.dist.world_size} processes")
     return BatchLoader(dataset.arrays("train"), batch_size=config.data.batch_size // ctx.dist.world_size,
                        shuffle=True, drop_last=True, seed=config.seed + seed_offset,
-                       device=ctx.device, augment=config.data.augment, mean=config.data.mean,
+                       device=ctx.device, augment=config.data.augment,
+                       out_size=config.data.image_size, mean=config.data.mean,
                        std=config.data.std, indices=indices,
                        rank=ctx.dist.rank, world_size=ctx.dist.world_size,
                        device_budget_bytes=device_budget_bytes(config))
@@ -120,31 +137,41 @@ def eval_loader(ctx: RunContext, dataset: Dataset, split_name: str = "val",
     config = ctx.config
     return BatchLoader(dataset.arrays(split_name), batch_size=config.data.eval_batch_size,
                        shuffle=False, drop_last=False, seed=config.seed, device=ctx.device,
-                       train=False, mean=config.data.mean, std=config.data.std, indices=indices, device_budget_bytes=device_budget_bytes(config))
+                       train=False, out_size=config.data.image_size, mean=config.data.mean, std=config.data.std, indices=indices, device_budget_bytes=device_budget_bytes(config))
 
 
 def settings_digest(config: RunConfig) -> str:
     """A short hash of everything in ``config`` that changes results, except the seed: runs
     with the same digest differ only by seed, so reports may average them."""
-    fields = config.model_dump(mode="json", exclude={"seed", "name", "root", "quiet"})
+    fields = config.model_dump(mode="json", exclude={"seed", "name", "root", "quiet",
+                                                     "provenance"})
     fields["train"].pop("device", None)
     text = json.dumps(fields, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-def finish_run(ctx: RunContext, summary: dict[str, Any], title: str) -> dict[str, Any]:
-    """Write ``summary.json`` (rank 0), print the results table; returns the full summary."""
+def finish_run(ctx: RunContext, summary: dict[str, Any], title: str,
+               dataset: Dataset | None = None) -> dict[str, Any]:
+    """Write ``summary.json`` (rank 0), print the results table; returns the full summary.
+
+    Every summary records the run's provenance (protocol, phase, study, trial, tuned_on,
+    tuned_params...) and, given ``dataset``, its ``data_fingerprint``."""
+    provenance = ctx.config.provenance.model_dump(mode="json")
+    if dataset is not None:
+        provenance["data_fingerprint"] = dataset.info.get("fingerprint")
     summary = {"track": ctx.config.track, "method": ctx.config.method,
                "run_dir": str(ctx.run_dir), "seed": ctx.config.seed,
                "settings": settings_digest(ctx.config),
-               "wall_seconds": round(time.perf_counter() - ctx.started, 2), **summary}
+               "wall_seconds": round(time.perf_counter() - ctx.started, 2), **provenance, **summary}
     if ctx.dist.is_main:
         write_json(ctx.run_dir / "summary.json", summary)
         table = Table(title=title)
         table.add_column("metric")
         table.add_column("value", justify="right")
         for key, value in summary.items():
-            if isinstance(value, (int, float, str)) and key not in ("track", "method"):
+            if isinstance(value, (int, float, str)) and key not in ("track", "method",
+                                                                    "data_fingerprint",
+                                                                    "tuning_fingerprint"):
                 table.add_row(key, f"{value:.2f}" if isinstance(value, float) else str(value))
         Console().print(table)
     return summary

@@ -12,7 +12,7 @@ Importing this package does not import matplotlib; only writing figures does.
 """
 
 from hundred.report.aggregate import GroupRow, Stat, aggregate, curve, mean_matrix
-from hundred.report.build import ReportPaths, write_report
+from hundred.report.build import ReportPaths, render_report, write_report
 from hundred.report.collect import TRACK_SPECS, Metric, TrackSpec, collect_runs, spec_for
 from hundred.report.tables import (Table, build_tables, format_stat, leaderboard,
                                    markdown_tables, table_markdown, tables_markdown)
@@ -20,5 +20,5 @@ from hundred.report.tables import (Table, build_tables, format_stat, leaderboard
 __all__ = [
     "GroupRow", "Metric", "ReportPaths", "Stat", "TRACK_SPECS", "Table", "TrackSpec", "aggregate",
     "build_tables", "collect_runs", "curve", "format_stat", "leaderboard", "markdown_tables",
-    "mean_matrix", "spec_for", "table_markdown", "tables_markdown", "write_report",
+    "mean_matrix", "render_report", "spec_for", "table_markdown", "tables_markdown", "write_report",
 ]

@@ -8,6 +8,7 @@ the seed is the only thing averaged over.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Sequence
@@ -86,6 +87,19 @@ class GroupRow:
     def primary(self) -> Stat:
         """The statistic that ranks this row (avg incremental accuracy, top-1, ...)."""
         return self.metrics[self.spec.metrics[0].key]
+
+    @property
+    def tuned_params(self) -> str | None:
+        """The tuned parameters behind the row, one line (``lr=0.1, epochs=3``); None for
+        rows without any, ``differs between runs`` when its runs used different ones."""
+        from hundred.protocol.space import format_params
+
+        found = {json.dumps(run.get("tuned_params") or {}, sort_keys=True) for run in self.runs}
+        if found == {"{}"}:
+            return None
+        if len(found) > 1:
+            return "differs between runs"
+        return format_params(json.loads(found.pop()))
 
     @property
     def protocol_label(self) -> str:

@@ -6,7 +6,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 from hundred.io import write_text
 from hundred.report.aggregate import GroupRow, aggregate
@@ -56,14 +56,25 @@ def write_report(paths: Iterable[str | os.PathLike], out: str | os.PathLike | No
     paths raise HundredError; malformed summaries are skipped, reported through ``warn`` and
     listed in both report files.
     """
-    from hundred.report.html import render_page  # matplotlib loads only when writing figures
-    from hundred.report.plots import plot_table
-
     paths = [Path(p) for p in paths]
     skipped: list[str] = []
     runs = collect_runs(paths, warn=warn, skipped=skipped)
     rows = aggregate(runs, warn=warn)
-    tables = build_tables(rows)
+    meta = [f"Generated {time.strftime('%Y-%m-%d %H:%M:%S')} from {len(runs)} runs in "
+            f"{', '.join(display_path(p) for p in paths)}.",
+            "Every number is the mean ± sample standard deviation over seeds (n = number of "
+            "seeds); each table says which protocol produced it."]
+    return render_report(build_tables(rows), rows, out, meta, skipped, warn=warn)
+
+
+def render_report(tables: Sequence[Table], rows: Sequence[GroupRow],
+                  out: str | os.PathLike | None, meta: Sequence[str], skipped: Sequence[str] = (),
+                  title: str = "hundred report", warn: Warn = print_warning) -> ReportPaths:
+    """Write already-built ``tables`` as ``report.md``, ``index.html`` and their figures into
+    ``out`` (default: a fresh ``reports/<timestamp>/``); ``meta`` lines go under the title.
+    :func:`write_report` and ``hundred check`` (two leaderboards side by side) both use it."""
+    from hundred.report.html import render_page  # matplotlib loads only when writing figures
+    from hundred.report.plots import plot_table
 
     out_dir = default_out_dir() if out is None else Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -71,22 +82,17 @@ def write_report(paths: Iterable[str | os.PathLike], out: str | os.PathLike | No
     plots = [plot_table(table, out_dir, taken, warn) for table in tables]
     figures = {id(table): table_plots for table, table_plots in zip(tables, plots)}
 
-    meta = [f"Generated {time.strftime('%Y-%m-%d %H:%M:%S')} from {len(runs)} runs in "
-            f"{', '.join(display_path(p) for p in paths)}.",
-            "Every number is the mean ± sample standard deviation over seeds (n = number of "
-            "seeds); each table says which protocol produced it."]
-
     def figure_links(table: Table) -> str:
         return "".join(f"\n![{plot.caption}]({plot.path.name})\n" for plot in figures[id(table)])
 
-    markdown = "# hundred report\n\n" + "\n\n".join(meta) + "\n\n"
+    markdown = f"# {title}\n\n" + "\n\n".join(meta) + "\n\n"
     markdown += tables_markdown(tables, level=2, after=figure_links)
     if skipped:
         markdown += "\n## Skipped summaries\n\n" + "".join(f"- {s}\n" for s in skipped)
     markdown_path = out_dir / "report.md"
     html_path = out_dir / "index.html"
     write_text(markdown_path, markdown)
-    write_text(html_path, render_page(tables, plots, out_dir, meta, skipped))
+    write_text(html_path, render_page(tables, plots, out_dir, meta, skipped, title=title))
     return ReportPaths(out=out_dir, markdown=markdown_path, html=html_path,
                        plots=[plot.path for table_plots in plots for plot in table_plots],
-                       rows=rows, tables=tables, skipped=skipped)
+                       rows=list(rows), tables=list(tables), skipped=list(skipped))

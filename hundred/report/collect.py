@@ -20,6 +20,7 @@ from hundred.errors import HundredError
 
 SUMMARY_NAME = "summary.json"
 DEFAULT_PROTOCOL = "conventional"
+TUNING_SUFFIX = " (tuning trials)"
 
 Warn = Callable[[str], None]
 
@@ -147,8 +148,9 @@ def validate_summary(summary: Any) -> dict[str, Any]:
     """Check one parsed summary and return a normalised copy; ValueError says what is wrong.
 
     Normalisation fills the optional descriptors so grouping never meets a missing key:
-    ``protocol`` (default ``"conventional"``), ``tuned_on``, ``scenario``, ``model`` and
-    ``memory`` (None when absent).
+    ``protocol`` (default ``"conventional"``; a tuning-phase trial's becomes
+    ``"tune-then-evaluate (tuning trials)"`` so trials never mix with results), ``tuned_on``,
+    ``scenario``, ``model`` and ``memory`` (None when absent).
     """
     if not isinstance(summary, dict):
         raise ValueError("not a JSON object")
@@ -157,8 +159,10 @@ def validate_summary(summary: Any) -> dict[str, Any]:
     seed = summary.get("seed")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"'seed' must be an integer, got {seed!r}")
-    for key in ("protocol", "tuned_on", "scenario", "model"):
+    for key in ("protocol", "phase", "tuned_on", "scenario", "model"):
         _check_text(summary, key, optional=True)
+    if summary.get("tuned_params") is not None and not isinstance(summary["tuned_params"], dict):
+        raise ValueError(f"'tuned_params' must be a mapping, got {summary['tuned_params']!r}")
     spec = spec_for(summary["track"])
     for key in spec.required:
         if finite_number(summary.get(key)) is None:
@@ -172,6 +176,10 @@ def validate_summary(summary: Any) -> dict[str, Any]:
         _check_incremental(summary)
     normal = dict(summary)
     normal["protocol"] = summary.get("protocol") or DEFAULT_PROTOCOL
+    if summary.get("phase") == "tuning" and not normal["protocol"].endswith(TUNING_SUFFIX):
+        # a tuning trial's number is measured on the tuning data with candidate parameters:
+        # never let it pass for a result of the protocol (Cha & Cho, TMLR 2025)
+        normal["protocol"] += TUNING_SUFFIX
     for key in ("tuned_on", "scenario", "model", "memory"):
         normal.setdefault(key, None)
     return normal

@@ -18,7 +18,10 @@ from hundred.report.collect import common_root
 MISSING = "–"  # en dash: no run of the row reported this metric
 
 # Descriptor columns that may sit between "method" and "seeds": (row attribute, header).
-_DESCRIPTORS = (("model", "model"), ("memory", "memory"), ("protocol_label", "protocol"))
+_DESCRIPTORS = (("model", "model"), ("memory", "memory"), ("protocol_label", "protocol"),
+                ("tuned_params", "tuned params"))
+# ... of which these are shown whenever a row has a value (provenance, even if shared)
+_SHOWN_WHEN_PRESENT = ("tuned_params",)
 
 
 @dataclass(frozen=True)
@@ -90,7 +93,7 @@ def leaderboard(rows: Sequence[GroupRow], title: str | None = None, note: str | 
     """A table of already-aggregated rows of one track, best first within each protocol.
 
     Columns: method, the descriptors (model, memory, protocol) that the track always shows or
-    that differ between rows, seeds, then each metric of the track that some row reports.
+    that differ between rows, the tuned parameters when a row has them, seeds, then each metric of the track that some row reports.
     ``extra_columns`` (header -> cell function) are appended, e.g. a rank change between two
     leaderboards. ``title`` and ``note`` default to the dataset/scenario and the provenance.
     """
@@ -102,7 +105,9 @@ def leaderboard(rows: Sequence[GroupRow], title: str | None = None, note: str | 
     spec = rows[0].spec
     descriptors = [(attr, label) for attr, label in _DESCRIPTORS
                    if label in spec.always_shown
-                   or len({getattr(row, attr) for row in rows}) > 1]
+                   or len({getattr(row, attr) for row in rows}) > 1
+                   or (attr in _SHOWN_WHEN_PRESENT
+                       and any(getattr(row, attr) is not None for row in rows))]
     metrics = [m for i, m in enumerate(spec.metrics)
                if i == 0 or any(row.metrics[m.key].n for row in rows)]
     extra = dict(extra_columns or {})

@@ -155,3 +155,11 @@ def test_ema_and_label_smoothing_run(tmp_path):
     assert 0 <= summary["val_top1"] <= 100
     weights = final_weights(Path(summary["run_dir"]))
     assert any(k.startswith("ema.") for k in weights)
+
+
+def test_model_input_size_can_differ_from_the_data_resolution(tmp_path):
+    """Pack a margin (20 px), train and evaluate on 16 px crops: the usual ImageNet recipe."""
+    summary = scenario.run(tiny(tmp_path, "train.epochs=1", "data.image_size=16",
+                                "data.augment=rrc-flip",
+                                "data.options={classes: 4, train_per_class: 24, val_per_class: 6, res: 20}"))
+    assert 0 <= summary["val_top1"] <= 100

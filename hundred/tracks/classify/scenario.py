@@ -7,7 +7,8 @@ from typing import Any
 
 from hundred.config import RunConfig
 from hundred.engine.distributed import shutdown
-from hundred.engine.run import eval_loader, finish_run, load_data, start_run, train_loader
+from hundred.engine.run import (eval_loader, finish_run, image_size, load_data, start_run,
+                                train_loader)
 from hundred.engine.trainer import Trainer
 from hundred.models import create
 from hundred.registry import get_method
@@ -20,7 +21,7 @@ def run(config: RunConfig, resume_dir: Path | None = None) -> dict[str, Any]:
     try:
         dataset = load_data(config)
         model = create(config.model.name, dataset.num_classes, head=config.model.head,
-                       img_size=dataset.arrays("train").resolution[0], **config.model.options)
+                       img_size=image_size(config, dataset), **config.model.options)
         trainer = Trainer(config, model, method, train_loader(ctx, dataset),
                           eval_loader(ctx, dataset) if ctx.dist.is_main else None,
                           ctx.device, ctx.run_dir, ctx.dist, ctx.console)
@@ -33,6 +34,7 @@ def run(config: RunConfig, resume_dir: Path | None = None) -> dict[str, Any]:
             "train_seconds": round(result.train_seconds, 2),
             "images_per_s": round(result.images_per_second, 1),
         }
-        return finish_run(ctx, summary, title=f"classify/{config.method} on {dataset.name}")
+        return finish_run(ctx, summary, title=f"classify/{config.method} on {dataset.name}",
+                          dataset=dataset)
     finally:
         shutdown(ctx.dist)

@@ -31,8 +31,8 @@ from hundred.config import IncrementalConfig, RunConfig
 from hundred.data import ArraySplit, Dataset
 from hundred.engine.checkpoint import load_weights
 from hundred.engine.distributed import shutdown
-from hundred.engine.run import (RunContext, eval_loader, finish_run, load_data, start_run,
-                                train_loader)
+from hundred.engine.run import (RunContext, eval_loader, finish_run, image_size, load_data,
+                                start_run, train_loader)
 from hundred.engine.trainer import Trainer
 from hundred.errors import HundredError
 from hundred.io import atomic_open, write_json
@@ -41,6 +41,12 @@ from hundred.registry import get_method
 from hundred.tracks.incremental.memory import ExemplarMemory
 from hundred.tracks.incremental.method import IncrementalMethod, Task
 from hundred.tracks.incremental.metrics import matrix_to_json, summarise
+
+
+# The track's primary metric: what a leaderboard ranks by and what tuning maximises
+# (``hundred tune``; Cha & Cho, TMLR 2025, tune and report average incremental accuracy).
+PRIMARY_METRIC = "avg_incremental_accuracy"
+PRIMARY_DIRECTION = "maximize"
 
 
 def task_sizes(scenario: str, num_classes: int) -> list[int]:
@@ -151,7 +157,7 @@ class IncrementalRun:
     def _new_model(self, num_classes: int) -> Classifier:
         model_config = self.config.model
         return create(model_config.name, num_classes, head=model_config.head,
-                      img_size=self.train.resolution[0], **model_config.options)
+                      img_size=image_size(self.config, self.dataset), **model_config.options)
 
     def _task_seed(self, task: Task) -> int:
         return self.config.seed * 1009 + task.index
@@ -291,7 +297,7 @@ class IncrementalRun:
             "scenario": inc.scenario, "memory": inc.memory_per_class or inc.memory,
             "memory_kind": "per-class" if inc.memory_per_class else "fixed-total",
             "selection": inc.selection, "class_order": self.order.tolist(),
-            "classifier": self.method.classifier, "protocol": "conventional", "tuned_on": None,
+            "classifier": self.method.classifier,
             "classes_per_step": [r["classes"] for r in self.records],
         }
         for name in ("linear", "nme"):
@@ -326,6 +332,6 @@ def run(config: RunConfig, resume_dir: Path | None = None) -> dict[str, Any]:
         dataset = load_data(config)
         summary = IncrementalRun(ctx, method, dataset).run()
         title = f"incremental/{config.method}, {config.incremental.scenario} on {dataset.name}"
-        return finish_run(ctx, summary, title)
+        return finish_run(ctx, summary, title, dataset)
     finally:
         shutdown(ctx.dist)

@@ -17,6 +17,7 @@ class Finetune(IncrementalMethod):
     """Cross-entropy over all seen classes on the current task's data only; no memory."""
 
     uses_memory = False
+    search_space = {}  # the shared grid only (inherited by replay and joint)
 
     def loss(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return cross_entropy(model(images), labels, self.config.train.label_smoothing)

@@ -25,6 +25,9 @@ class ICaRL(IncrementalMethod):
     uses_memory = True
     keeps_old_model = True
     classifier = "nme"
+    # No hyperparameter of its own (its distillation is the sigmoid targets, without a
+    # temperature or weight): ``hundred tune`` searches the shared grid only.
+    search_space = {}
 
     def loss(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         logits = model(images).float()

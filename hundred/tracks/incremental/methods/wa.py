@@ -22,6 +22,7 @@ from torch import nn
 
 from hundred.engine.losses import distillation_loss
 from hundred.engine.trainer import cross_entropy
+from hundred.protocol.space import Choice
 from hundred.registry import register
 from hundred.tracks.incremental.method import IncrementalMethod, Task
 
@@ -47,6 +48,10 @@ class WA(IncrementalMethod):
     """Cross-entropy + KD (T=2) weighted by n_old/n_seen; weight aligning; weight clipping."""
 
     Params = WAParams
+    # Tuned with the shared grid as in Cha & Cho (TMLR 2025): the distillation temperature
+    # T in {0.5 .. 2.5}. Their KD weight grid does not apply: WA's weight is the adaptive
+    # n_old / n_seen of the paper, not a hyperparameter.
+    search_space = {"method_params.temperature": Choice((0.5, 1.0, 1.5, 2.0, 2.5))}
     uses_memory = True
     keeps_old_model = True
 

@@ -1,0 +1,441 @@
+"""Phase 1 of the tune-then-evaluate protocol: ``hundred tune`` — an Optuna study over a
+method's search space on the *tuning* data.
+
+Cha & Cho ("Hyperparameters in Continual Learning: a Reality Check", TMLR 2025) show that
+tuning on the data one then reports overstates methods, and tune instead on a separate
+dataset with the same scenario; the best parameters are then frozen (:mod:`.evaluate`).
+
+How a study is kept honest and robust:
+
+* every trial is a normal run (``<root>/<track>/<method>/tune-<study>-tNNNN/``) whose config
+  records ``protocol: tune-then-evaluate, phase: tuning``, the study and the trial number;
+  the trial stores its run directory, worker and error (if any) as user attributes;
+* the objective is the track's declared primary metric (``PRIMARY_METRIC`` of its scenario
+  module: average incremental accuracy for the incremental track);
+* storage is any SQLAlchemy URL (SQLite by default), opened with ``load_if_exists``, so a
+  killed study resumes and several processes or machines add trials to one study; ``--trials
+  N`` means "until the study holds N complete trials", so a rerun finishes the remainder;
+* random search draws each trial's point from ``(sampler seed, trial number)``: reproducible,
+  and concurrent workers never repeat each other; TPE is available too;
+* a trial that fails (a HundredError, e.g. a NaN loss or a batch larger than a task's data)
+  is recorded as FAIL and the study continues (up to a cap of failures per worker);
+* the study remembers its base settings and space, and refuses to be continued with
+  different ones (the trials would not be comparable);
+* the best parameters go to a YAML file with everything the evaluation phase needs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib
+import io
+import json
+import os
+import socket
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Iterator, Literal, Optional, Sequence
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+from rich.console import Console
+
+from hundred.config import RunConfig, apply_overrides, build_config, with_values
+from hundred.errors import HundredError
+from hundred.io import write_text
+from hundred.protocol import space as spaces
+
+if TYPE_CHECKING:
+    import optuna
+
+PROTOCOL = "tune-then-evaluate"
+SAMPLERS = ("random", "tpe")
+
+
+# -- what the track declares ------------------------------------------------------------------
+def scenario_module(track: str) -> ModuleType:
+    """``hundred.tracks.<track>.scenario``; it must declare ``PRIMARY_METRIC``."""
+    from hundred.registry import tracks
+
+    if track not in tracks():
+        raise HundredError(f"unknown track {track!r}; known: {', '.join(tracks())}")
+    module = importlib.import_module(f"hundred.tracks.{track}.scenario")
+    if not hasattr(module, "PRIMARY_METRIC"):
+        raise HundredError(f"track {track} declares no PRIMARY_METRIC in its scenario, so it "
+                           "cannot be tuned yet")
+    return module
+
+
+def scenario_label(config: RunConfig) -> Optional[str]:
+    """The scenario a config runs (``B0-Inc10``), None for tracks without one."""
+    return config.incremental.scenario if config.track == "incremental" else None
+
+
+def slug(text: str) -> str:
+    """A file-name-safe form of a study or dataset name (``synth100[0-49]`` -> ``synth100_0-49``)."""
+    import re
+
+    text = text.replace("[", "_").replace("]", "")
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "x"
+
+
+def worker_id() -> str:
+    """``host:pid``: which process ran a trial (recorded on every trial)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+# -- configs ----------------------------------------------------------------------------------
+def base_config(track: str, method: str, data: str, scenario: str | None, budget: str,
+                files: Sequence[str | Path] = (), overrides: Sequence[str] = (),
+                root: str | None = None, device: str | None = None) -> RunConfig:
+    """The config every trial starts from: the budget's base settings, then ``files``, then
+    the data/scenario/root/device given, then ``overrides`` (``--set``, which win). With the
+    quick budget, the built-in ``synth100`` is generated small unless options were given."""
+    if budget not in spaces.BUDGETS:
+        raise HundredError(f"unknown budget {budget!r}; known: {', '.join(spaces.BUDGETS)}")
+    chosen = spaces.BUDGETS[budget]
+    given = [f"track={track}", f"method={method}", f"data.source={json.dumps(data)}"]
+    if scenario is not None:
+        given.append(f"incremental.scenario={scenario}")
+    if root is not None:
+        given.append(f"root={json.dumps(root)}")
+    if device is not None:
+        given.append(f"train.device={device}")
+    config = build_config(list(files), given + list(overrides),
+                          base=apply_overrides({}, list(chosen.base)))
+    if config.data.source == "synth100" and not config.data.options and chosen.synth100_options:
+        config = with_values(config, {"data.options": dict(chosen.synth100_options)}, "budget")
+    from hundred.registry import get_method
+
+    get_method(track, method)(config.method_params, config)  # the method validates its params
+    return config
+
+
+def fixed_settings(config: RunConfig) -> dict[str, Any]:
+    """What a study holds fixed (everything but run identity, provenance and the device), as
+    stored with the study and in the best-parameters file."""
+    fixed = config.model_dump(mode="json", exclude={"name", "root", "seed", "quiet", "provenance"})
+    fixed["train"].pop("device")  # where a run executes is not a setting (workers may differ)
+    return fixed
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:12]
+
+
+# -- storage and samplers ---------------------------------------------------------------------
+def default_storage(root: str | Path) -> str:
+    """``sqlite:///<root>/studies.db``."""
+    return f"sqlite:///{Path(root) / 'studies.db'}"
+
+
+def open_storage(url: str) -> "optuna.storages.RDBStorage":
+    """An RDB storage for ``url``. SQLite gets a long lock timeout (several workers write to
+    one file) and its folder is created; trials of a killed worker are failed by the
+    heartbeat once stale."""
+    import optuna
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise HundredError(f"--storage {url!r} is not a database URL (e.g. "
+                           "sqlite:///runs/studies.db, postgresql://user@host/db)") from None
+    engine_kwargs: dict[str, Any] = {}
+    if parsed.get_backend_name() == "sqlite":
+        engine_kwargs = {"connect_args": {"timeout": 120}}
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    from sqlalchemy.exc import OperationalError
+
+    for attempt in range(6):
+        try:
+            with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna's words
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs,
+                                                  heartbeat_interval=60, grace_period=600)
+        except OperationalError as error:
+            # two workers creating the tables of a new SQLite file at once: one of them finds
+            # "table ... already exists"; the tables are there a moment later
+            if attempt == 5:
+                raise HundredError(f"cannot open the study storage {redact(url)}: {error}") from None
+            time.sleep(0.5 * (attempt + 1))
+        except Exception as error:  # other driver errors: say which storage, not a traceback
+            raise HundredError(f"cannot open the study storage {redact(url)}: {error}") from None
+    raise AssertionError("unreachable")
+
+
+def redact(url: str) -> str:
+    """``url`` without its password (it goes into files and logs)."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url
+
+
+def _derive_seed(*parts: Any) -> int:
+    return int.from_bytes(hashlib.sha256("/".join(map(str, parts)).encode()).digest()[:4], "big")
+
+
+def make_sampler(name: str, seed: int, trials: int) -> "optuna.samplers.BaseSampler":
+    """``random`` (the paper's search) or ``tpe``."""
+    import optuna
+
+    class TrialSeededRandomSampler(optuna.samplers.BaseSampler):
+        """Random search whose draw for trial ``n`` depends only on ``(seed, n, parameter)``:
+        rerunning a study reproduces it, and workers sharing one study never draw the same
+        sequence (Optuna's RandomSampler, seeded alike in two processes, would)."""
+
+        def infer_relative_search_space(self, study: Any, trial: Any) -> dict[str, Any]:
+            return {}
+
+        def sample_relative(self, study: Any, trial: Any, search_space: Any) -> dict[str, Any]:
+            return {}
+
+        def sample_independent(self, study: Any, trial: Any, param_name: str,
+                               param_distribution: Any) -> Any:
+            draw = optuna.samplers.RandomSampler(seed=_derive_seed(seed, trial.number, param_name))
+            return draw.sample_independent(study, trial, param_name, param_distribution)
+
+    if name == "random":
+        return TrialSeededRandomSampler()
+    if name == "tpe":
+        # TPE proposes from the trials finished so far, which differ between concurrent
+        # workers anyway, so each worker gets its own seed (else their random start-up
+        # trials would coincide); constant liar keeps concurrent proposals apart.
+        return optuna.samplers.TPESampler(seed=_derive_seed(seed, worker_id()),
+                                          n_startup_trials=min(10, max(3, trials // 3)),
+                                          constant_liar=True)
+    raise HundredError(f"unknown sampler {name!r}; known: {', '.join(SAMPLERS)}")
+
+
+# -- the best-parameters file -----------------------------------------------------------------
+class TuningData(BaseModel):
+    """Which data a study tuned on: the spec and the loaded data's identity."""
+
+    model_config = ConfigDict(extra="forbid")
+    source: str
+    classes: Optional[str] = None
+    options: dict[str, Any] = {}
+    name: str
+    fingerprint: str
+
+
+class BestParams(BaseModel):
+    """The YAML file ``hundred tune`` writes and ``hundred evaluate`` reads."""
+
+    model_config = ConfigDict(extra="forbid")
+    protocol: Literal["tune-then-evaluate"] = PROTOCOL
+    track: str
+    method: str
+    study: str
+    storage: str
+    sampler: str
+    budget: str
+    scenario: Optional[str]
+    objective: str
+    direction: str
+    value: float
+    best_trial: int
+    best_run_dir: str
+    trials_complete: int
+    trials_failed: int
+    tuned_on: str
+    tuning_data: TuningData
+    params: dict[str, Any]
+    space: dict[str, Any]
+    fixed: dict[str, Any]
+
+
+def read_best(path: str | Path) -> BestParams:
+    """Read and validate a best-parameters file (clear errors for a wrong file)."""
+    from hundred.config import read_yaml
+
+    raw = read_yaml(path)
+    try:
+        return BestParams.model_validate(raw)
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(top level)'}: {e['msg']}"
+                             for e in error.errors())
+        raise HundredError(f"{path} is not a best-parameters file of hundred tune: "
+                           f"{problems}") from None
+
+
+def default_best_path(root: str | Path, study: str) -> Path:
+    return Path(root) / "best" / f"{slug(study)}.yaml"
+
+
+# -- the study --------------------------------------------------------------------------------
+@dataclass
+class TuneResult:
+    """What a tuning session left: the study, the best parameters and where they are."""
+
+    study_name: str
+    storage: str
+    best: BestParams
+    best_path: Path
+
+
+def _complete(study: "optuna.Study") -> list["optuna.trial.FrozenTrial"]:
+    import optuna
+
+    return study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+
+
+def _remember_setup(study: "optuna.Study", setup: dict[str, Any]) -> None:
+    """Store the study's fixed settings on first use; refuse to continue with others."""
+    stored = study.user_attrs
+    for key, value in setup.items():
+        if key not in stored:
+            study.set_user_attr(key, value)
+        elif stored[key] != value:
+            raise HundredError(
+                f"study {study.study_name!r} was started with a different {key.replace('_', ' ')}"
+                f" ({stored[key]!r}, now {value!r}); its trials would not be comparable — "
+                "give another --study name or the original settings")
+
+
+@contextlib.contextmanager
+def _captured(enabled: bool) -> Iterator[io.StringIO | None]:
+    """Collect a run's console output (tables, per-task lines) instead of printing it."""
+    if not enabled:
+        yield None
+        return
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
+        yield buffer
+
+
+def tune(base: RunConfig, trials: int, storage: str | None = None, study_name: str | None = None,
+         sampler: str = "random", sampler_seed: int = 0, budget: str = "quick",
+         space_file: str | Path | None = None, out: str | Path | None = None,
+         verbose: bool = False, console: Console | None = None,
+         max_failures: int | None = None) -> TuneResult:
+    """Run trials of ``base.method`` on ``base``'s data until the study holds ``trials``
+    complete trials, then write the best parameters (YAML) and return them.
+
+    ``base`` comes from :func:`base_config`. ``storage`` defaults to
+    ``sqlite:///<root>/studies.db``, ``study_name`` to ``<track>-<method>-<data>-<scenario>``,
+    ``out`` to ``<root>/best/<study>.yaml``. Unless ``verbose``, each trial's console output
+    goes to ``console.log`` in its run directory and one line per trial is printed.
+    """
+    import optuna
+
+    from hundred.registry import get_method
+
+    if trials < 1:
+        raise HundredError(f"--trials must be at least 1, got {trials}")
+    console = console or Console(stderr=True)
+    scenario = scenario_module(base.track)
+    method_cls = get_method(base.track, base.method)
+    overrides = spaces.load_space_file(space_file) if space_file else None
+    space = spaces.space_for(method_cls, budget, overrides)
+    spaces.validate_space(space, base, method_cls)
+
+    label = scenario_label(base)
+    study_name = study_name or "-".join(
+        part for part in (base.track, base.method, base.data.label, label) if part)
+    storage = storage or default_storage(base.root)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # one line per trial comes from here
+    study = optuna.create_study(
+        study_name=study_name, storage=open_storage(storage),
+        sampler=make_sampler(sampler, sampler_seed, trials),
+        direction=getattr(scenario, "PRIMARY_DIRECTION", "maximize"), load_if_exists=True)
+    fixed = fixed_settings(base)
+    _remember_setup(study, {"track": base.track, "method": base.method,
+                            "fixed_settings": _digest(fixed), "space": spaces.describe(space)})
+
+    me = worker_id()
+    failures: list[str] = []
+    max_failures = max_failures if max_failures is not None else max(3, trials)
+
+    def objective(trial: "optuna.Trial") -> float:
+        params = spaces.suggest(trial, space)
+        name = f"tune-{slug(study_name)}-t{trial.number:04d}"
+        config = spaces.apply(base, params, origin=f"trial {trial.number}")
+        config = with_values(config, {
+            "name": name, "quiet": base.quiet or not verbose,
+            "provenance": {"protocol": PROTOCOL, "phase": "tuning", "study": study_name,
+                           "trial": trial.number, "tuned_params": params}})
+        run_dir = Path(config.root) / config.track / config.method / name
+        trial.set_user_attr("run_dir", str(run_dir))
+        trial.set_user_attr("worker", me)
+        output = None
+        try:
+            with _captured(not verbose) as output:
+                summary = scenario.run(config)
+        except HundredError as error:
+            trial.set_user_attr("error", str(error))
+            raise
+        finally:
+            if output is not None and run_dir.is_dir():
+                write_text(run_dir / "console.log", output.getvalue())
+        trial.set_user_attr("data", summary.get("data"))
+        trial.set_user_attr("data_fingerprint", summary.get("data_fingerprint"))
+        return float(summary[scenario.PRIMARY_METRIC])
+
+    def after_trial(study: "optuna.Study", trial: "optuna.trial.FrozenTrial") -> None:
+        complete = len(_complete(study))
+        params = spaces.format_params(trial.params)
+        if trial.state == optuna.trial.TrialState.COMPLETE:
+            console.print(f"[{study_name}] trial {trial.number}: {scenario.PRIMARY_METRIC} "
+                          f"{trial.value:.2f}  ({params})  {complete}/{trials} complete",
+                          highlight=False, markup=False)
+        else:
+            error = trial.user_attrs.get("error", "objective was not a finite number")
+            failures.append(error)
+            console.print(f"[{study_name}] trial {trial.number} FAILED: {error}  ({params})",
+                          highlight=False, markup=False)
+        if complete >= trials or len(failures) >= max_failures:
+            study.stop()
+
+    done = len(_complete(study))
+    if done < trials:
+        console.print(f"[{study_name}] {done} complete trials in {redact(storage)}; running "
+                      f"until {trials} ({sampler} search, budget {budget}, worker {me})",
+                      highlight=False, markup=False)
+        study.optimize(objective, callbacks=[after_trial], catch=(HundredError,),
+                       gc_after_trial=True)
+    if len(_complete(study)) < trials and len(failures) >= max_failures:
+        raise HundredError(f"study {study_name}: {len(failures)} trials failed in this worker "
+                           f"(last error: {failures[-1]}); stopped")
+    best = best_params(study, storage, sampler, budget, space, fixed, base)
+    best_path = Path(out) if out else default_best_path(base.root, study_name)
+    write_text(best_path, yaml.safe_dump(best.model_dump(mode="json"), sort_keys=False))
+    console.print(f"[{study_name}] best: trial {best.best_trial}, {best.objective} "
+                  f"{best.value:.2f} ({spaces.format_params(best.params)}) -> {best_path}",
+                  highlight=False, markup=False)
+    return TuneResult(study_name, storage, best, best_path)
+
+
+def best_params(study: "optuna.Study", storage: str, sampler: str, budget: str,
+                space: spaces.SearchSpace, fixed: dict[str, Any], base: RunConfig) -> BestParams:
+    """The study's best complete trial as a :class:`BestParams` record."""
+    import optuna
+
+    complete = _complete(study)
+    if not complete:
+        raise HundredError(f"study {study.study_name} has no complete trial yet")
+    best = study.best_trial
+    failed = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,))
+    attrs = best.user_attrs
+    if not attrs.get("data_fingerprint"):
+        raise HundredError(f"trial {best.number} of {study.study_name} did not record its data")
+    scenario = scenario_module(base.track)
+    return BestParams(
+        track=base.track, method=base.method, study=study.study_name, storage=redact(storage),
+        sampler=sampler, budget=budget, scenario=scenario_label(base),
+        objective=scenario.PRIMARY_METRIC, direction=study.direction.name.lower(),
+        value=float(best.value), best_trial=best.number, best_run_dir=attrs.get("run_dir", ""),
+        trials_complete=len(complete), trials_failed=len(failed), tuned_on=attrs["data"],
+        tuning_data=TuningData(source=base.data.source, classes=base.data.classes,
+                               options=base.data.options, name=attrs["data"],
+                               fingerprint=attrs["data_fingerprint"]),
+        params=dict(best.params), space=spaces.describe(space), fixed=fixed)
