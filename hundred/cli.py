@@ -9,7 +9,6 @@
     hundred check TRACK [--methods a,b --tune-data X --eval-data Y --trials N --seeds K]
     hundred report RUN_DIR ...                     leaderboards (mean ± std) and plots
     hundred list                                   tracks, methods, datasets and models
-    hundred demo                                   the quick-start main job on built-in data
 """
 
 from __future__ import annotations
@@ -210,12 +209,6 @@ def _add_protocol_options(parser: argparse.ArgumentParser, search: bool) -> None
         parser.add_argument("--sampler-seed", type=int, default=0, help="seed of the search")
 
 
-def _cmd_demo(args: argparse.Namespace) -> None:
-    from hundred.demo import run_demo
-
-    run_demo(quick=args.quick)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hundred", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -339,9 +332,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_protocol_options(check, search=True)
     check.set_defaults(func=_cmd_check)
 
-    demo = commands.add_parser("demo", help="the quick-start main job on built-in data")
-    demo.add_argument("--quick", action="store_true", help="a smaller dataset, for tests")
-    demo.set_defaults(func=_cmd_demo)
     return parser
 
 
