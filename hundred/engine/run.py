@@ -137,7 +137,9 @@ def eval_loader(ctx: RunContext, dataset: Dataset, split_name: str = "val",
     config = ctx.config
     return BatchLoader(dataset.arrays(split_name), batch_size=config.data.eval_batch_size,
                        shuffle=False, drop_last=False, seed=config.seed, device=ctx.device,
-                       train=False, out_size=config.data.image_size, mean=config.data.mean, std=config.data.std, indices=indices, device_budget_bytes=device_budget_bytes(config))
+                       train=False, out_size=config.data.image_size, mean=config.data.mean,
+                       std=config.data.std, indices=indices,
+                       device_budget_bytes=device_budget_bytes(config))
 
 
 def settings_digest(config: RunConfig) -> str:

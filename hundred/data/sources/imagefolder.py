@@ -12,6 +12,8 @@ for who uses which) or a path to a text file of wnids, one per line.
 
 from __future__ import annotations
 
+from typing import Any
+
 import functools
 import hashlib
 import importlib.resources
@@ -240,6 +242,12 @@ def read_class_list(name_or_path: str) -> tuple[str, list[str], str]:
 # --------------------------------------------------------------------------------- sources
 
 
+def _folder_dataset(name: str, class_ids: list[str], splits: Any, info: dict) -> Dataset:
+    """The Dataset of an opened tree: names from the wnid table where the ids are wnids."""
+    return Dataset(name=name, class_ids=class_ids, class_names=class_names_for(class_ids),
+                   splits=dict(splits), info=info)
+
+
 def open_imagefolder(
     argument: str | None, *, train_dir: str = "train", val_dir: str = "val"
 ) -> Dataset:
@@ -247,13 +255,7 @@ def open_imagefolder(
     root, class_ids, splits, info = _open_tree(
         argument, what="imagefolder", train_dir=train_dir, val_dir=val_dir
     )
-    return Dataset(
-        name=f"imagefolder:{root.name}",
-        class_ids=class_ids,
-        class_names=class_names_for(class_ids),
-        splits=dict(splits),
-        info=info,
-    )
+    return _folder_dataset(f"imagefolder:{root.name}", class_ids, splits, info)
 
 
 def open_imagenet100(
@@ -279,10 +281,4 @@ def open_imagenet100(
     )
     info.update(list=list_name, list_source=list_spec, list_sha256=list_sha256,
                 list_order=wnids)
-    return Dataset(
-        name=f"imagenet100:{list_name}",
-        class_ids=class_ids,
-        class_names=class_names_for(class_ids),
-        splits=dict(splits),
-        info=info,
-    )
+    return _folder_dataset(f"imagenet100:{list_name}", class_ids, splits, info)
