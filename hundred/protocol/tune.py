@@ -151,7 +151,7 @@ def open_storage(url: str) -> "optuna.storages.RDBStorage":
         engine_kwargs = {"connect_args": {"timeout": 120}}
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-    from sqlalchemy.exc import OperationalError
+    from sqlalchemy.exc import IntegrityError, OperationalError
 
     for attempt in range(6):
         try:
@@ -159,9 +159,10 @@ def open_storage(url: str) -> "optuna.storages.RDBStorage":
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs,
                                                   heartbeat_interval=60, grace_period=600)
-        except OperationalError as error:
-            # two workers creating the tables of a new SQLite file at once: one of them finds
-            # "table ... already exists"; the tables are there a moment later
+        except (OperationalError, IntegrityError) as error:
+            # two workers creating the schema of a new SQLite file at once: one of them finds
+            # "table ... already exists" or a duplicate alembic version row; the schema is
+            # complete a moment later
             if attempt == 5:
                 raise HundredError(f"cannot open the study storage {redact(url)}: {error}") from None
             time.sleep(0.5 * (attempt + 1))
