@@ -155,6 +155,9 @@ class IncrementalConfig(_Strict):
     memory_per_class: Optional[int] = Field(
         None, ge=1, description="exemplars per class instead (growing memory)")
     selection: Literal["herding", "random"] = "herding"
+    first_task_epochs: Optional[int] = Field(
+        None, ge=1, description="epochs of the first task (PyCIL's init_epoch; default "
+        "train.epochs); step milestones are scaled in proportion")
 
 
 class ProvenanceConfig(_Strict):

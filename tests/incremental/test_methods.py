@@ -60,8 +60,12 @@ def test_wa_clips_weights_and_logs_alignment(summaries):
 
 def test_wa_without_clipping_is_switchable_and_logged(tmp_path):
     summary = scenario.run(config(tmp_path, "wa", "method_params={weight_clipping: false}",
-                                  "train.epochs=1"))
+                                  "train.epochs=1", "incremental.first_task_epochs=2"))
     assert summary["method_logs"][1]["weight_clipping"] is False
+    tasks = Path(summary["run_dir"]) / "tasks"
+    epochs = [len((tasks / t / "metrics.jsonl").read_text().splitlines())
+              for t in ("task-00", "task-01")]
+    assert epochs == [2, 1]  # the first task trains for first_task_epochs, the rest for epochs
 
 
 def test_resume_mid_task_ends_equal(tmp_path, monkeypatch):

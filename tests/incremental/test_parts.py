@@ -4,14 +4,15 @@ import numpy as np
 import pytest
 import torch
 
-from hundred.config import IncrementalConfig
+from hundred.config import IncrementalConfig, build_config
 from hundred.errors import HundredError
 from hundred.models.heads import CosineHead, LinearHead
 from hundred.tracks.incremental.memory import ExemplarMemory, herding_order
 from hundred.tracks.incremental.metrics import (average_forgetting, average_incremental_accuracy,
                                                 backward_transfer)
 from hundred.tracks.incremental.methods.wa import align_weights
-from hundred.tracks.incremental.scenario import class_order, task_sizes
+from hundred.tracks.incremental.method import Task
+from hundred.tracks.incremental.scenario import class_order, task_config, task_sizes
 
 
 def test_task_sizes():
@@ -20,6 +21,17 @@ def test_task_sizes():
     assert task_sizes("B0-Inc30", 100) == [30, 30, 30, 10]  # remainder task
     with pytest.raises(HundredError):
         task_sizes("B100-Inc10", 100)
+
+
+def test_first_task_epochs_lengthen_only_the_first_task_scaling_milestones():
+    config = build_config(overrides=["track=incremental", "train.epochs=10",
+                                     "schedule.name=step", "schedule.milestones=[5, 8]",
+                                     "incremental.first_task_epochs=30"])
+    first = task_config(config, Task(0, 2, tuple(range(10)), 0))
+    assert first.train.epochs == 30 and first.schedule.milestones == [15, 24]
+    assert task_config(config, Task(1, 2, tuple(range(10, 20)), 10)) is config
+    unset = build_config(overrides=["track=incremental", "train.epochs=10"])
+    assert task_config(unset, Task(0, 2, tuple(range(10)), 0)) is unset
 
 
 def test_class_order_is_the_community_seed_1993_permutation():

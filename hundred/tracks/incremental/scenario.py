@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from safetensors.torch import save as save_safetensors
 
-from hundred.config import IncrementalConfig, RunConfig
+from hundred.config import IncrementalConfig, RunConfig, with_values
 from hundred.data import ArraySplit, Dataset
 from hundred.engine.checkpoint import load_weights
 from hundred.engine.distributed import shutdown
@@ -78,6 +78,20 @@ def class_order(num_classes: int, config: IncrementalConfig) -> np.ndarray:
     order = np.random.permutation(num_classes)
     np.random.set_state(np_state)
     return order.astype(np.int64)
+
+
+def task_config(config: RunConfig, task: Task) -> RunConfig:
+    """The training config of ``task``: the run's, except that the first task trains for
+    ``incremental.first_task_epochs`` when set (PyCIL's ``init_epoch``: the base model is
+    trained longer than the incremental steps), with step milestones scaled in proportion."""
+    epochs = config.incremental.first_task_epochs
+    if task.index > 0 or epochs is None or epochs == config.train.epochs:
+        return config
+    scale = epochs / config.train.epochs
+    milestones = sorted({min(epochs - 1, max(1, round(m * scale)))
+                         for m in config.schedule.milestones}) if epochs > 1 else []
+    return with_values(config, {"train.epochs": epochs, "schedule.milestones": milestones},
+                       origin="incremental.first_task_epochs")
 
 
 def build_tasks(sizes: list[int]) -> list[Task]:
@@ -216,8 +230,8 @@ class IncrementalRun:
             task_dir.mkdir(parents=True, exist_ok=True)
         loader = train_loader(ctx, self.dataset, indices=self.training_indices(task),
                               seed_offset=task.index)
-        trainer = Trainer(self.config, model, method, loader, None, ctx.device, task_dir,
-                          ctx.dist, ctx.console)
+        trainer = Trainer(task_config(self.config, task), model, method, loader, None,
+                          ctx.device, task_dir, ctx.dist, ctx.console)
         trainer.resume()
         trainer.fit()
         method_log = method.after_task(task, model)
