@@ -27,6 +27,7 @@ Where the work is done, and why:
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 import random
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -101,7 +102,7 @@ def _host_random(generator: torch.Generator | None) -> random.Random:
     return random.Random(generator.initial_seed() * 1_000_003 + generator.get_offset())
 
 
-class Op:
+class Op(ABC):
     """One augmentation step on a ``(B, C, H, W)`` batch (uint8 or float in ``[0, 1]``)."""
 
     #: whether the step must see float pixels (geometric index ops also work on uint8)
@@ -111,9 +112,9 @@ class Op:
         """Draw this step's per-sample parameters for ``images``."""
         return {}
 
+    @abstractmethod
     def apply(self, images: torch.Tensor, params: Params) -> torch.Tensor:
         """Apply the step with the given parameters."""
-        raise NotImplementedError
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         return self.apply(images, self.sample(images, generator))

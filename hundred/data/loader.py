@@ -373,7 +373,7 @@ class _HostBatch:
 
 
 class _End:
-    pass
+    """Put on the prefetch queue after an epoch's last batch."""
 
 
 class _Failure:

@@ -23,6 +23,7 @@ How it stays safe and bounded at ImageNet scale:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import multiprocessing
@@ -238,9 +239,8 @@ def _fsync(path: Path) -> None:
     except OSError:  # directories cannot be opened on some platforms; best effort
         return
     try:
-        os.fsync(fd)
-    except OSError:
-        pass
+        with contextlib.suppress(OSError):  # not every filesystem syncs directories
+            os.fsync(fd)
     finally:
         os.close(fd)
 

@@ -13,6 +13,7 @@ overrides only the hooks it needs:
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Any, ClassVar, Mapping
 
 import torch
@@ -30,7 +31,7 @@ class NoParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class Method:
+class Method(ABC):
     """Base class of a method plugin. ``track`` and ``name`` are set by the registry.
 
     ``self.params`` holds the validated method hyperparameters, ``self.config`` the run's
@@ -55,8 +56,9 @@ class Method:
                 f"method_params.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
             raise HundredError(f"{self.track}/{self.name}: {problems}") from None
 
+    @abstractmethod
     def loss(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError(f"{type(self).__name__} must define loss()")
+        """The training loss of one batch (every method defines it)."""
 
     def on_epoch_start(self, epoch: int) -> None:
         """Called before the first batch of ``epoch`` (0-based)."""
