@@ -98,3 +98,19 @@ def test_heads_grow_keeping_old_rows(head_class):
     grown = head.grown(2)
     assert grown.out_features == 5
     assert torch.allclose(grown(features)[:, :3], before)
+
+
+def test_icarl_distils_old_classes_to_the_previous_sigmoids_and_learns_new_ones_one_hot():
+    from hundred.tracks.incremental.methods.icarl import ICaRL
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(6, 5, bias=False)  # 3 old classes, 2 new
+    old_model = torch.nn.Linear(6, 3, bias=False)
+    old_model.weight.data.copy_(model.weight.data[:3])
+    method = ICaRL({})
+    method.before_task(Task(1, 2, (3, 4), 3), model, old_model)
+    images, labels = torch.randn(8, 6), torch.tensor([3, 4] * 4)
+    method.loss(model, images, labels).backward()
+    # Unchanged old outputs already equal their distillation targets: no gradient on them.
+    assert model.weight.grad[:3].abs().max() < 1e-6
+    assert model.weight.grad[3:].abs().max() > 1e-3
