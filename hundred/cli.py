@@ -17,9 +17,12 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from hundred.errors import HundredError
+
+if TYPE_CHECKING:
+    from hundred.track import Shortcut, Track
 
 
 def _parse_options(pairs: Sequence[str]) -> dict[str, str]:
@@ -66,24 +69,59 @@ def _cmd_data_verify(args: argparse.Namespace) -> None:
     print(f"OK {args.dir}: every array matches its sha256 in meta.json")
 
 
-# run-option shortcuts -> config keys (applied before --set, which wins)
+# run-option shortcuts -> config keys (applied before --set, which wins); each track adds
+# flags for its own section (Track.shortcuts)
 _RUN_SHORTCUTS = {"data": "data.source", "model": "model.name", "epochs": "train.epochs",
                   "batch_size": "data.batch_size", "lr": "optim.lr", "seed": "seed",
-                  "name": "name", "device": "train.device", "root": "root",
-                  "scenario": "incremental.scenario", "memory": "incremental.memory"}
+                  "name": "name", "device": "train.device", "root": "root"}
+
+
+def _all_shortcuts() -> dict[str, list["Shortcut"]]:
+    """Every track's CLI shortcuts, by flag (several tracks may share a flag)."""
+    from hundred.registry import get_track, tracks
+
+    found: dict[str, list[Shortcut]] = {}
+    for name in tracks():
+        for shortcut in get_track(name).shortcuts:
+            found.setdefault(shortcut.flag, []).append(shortcut)
+    return found
+
+
+def _add_track_shortcuts(parser: argparse.ArgumentParser,
+                         shortcuts: dict[str, list["Shortcut"]]) -> None:
+    for flag, declared in shortcuts.items():
+        owners = ", ".join(s.key for s in declared)
+        parser.add_argument(f"--{flag}", type=declared[0].type, dest=declared[0].dest,
+                            help=f"{declared[0].help} ({owners})")
+
+
+def _track_overrides(args: argparse.Namespace, track: "Track") -> list[str]:
+    """``KEY=VALUE`` overrides for the track shortcuts given; a shortcut that belongs to
+    another track is refused (it would be silently ignored otherwise)."""
+    own = {s.dest: s for s in track.shortcuts}
+    overrides = []
+    for dest in getattr(args, "track_shortcuts", ()):
+        value = getattr(args, dest)
+        if value is None:
+            continue
+        if dest not in own:
+            flag = "--" + dest.replace("_", "-")
+            raise HundredError(f"{flag} is not an option of track {track.name}"
+                               + (f"; its options: {', '.join('--' + s.flag for s in track.shortcuts)}"
+                                  if track.shortcuts else ""))
+        overrides.append(f"{own[dest].key}={json.dumps(value)}")
+    return overrides
 
 
 def _cmd_run(args: argparse.Namespace) -> None:
-    import importlib
-
     from hundred.config import build_config
-    from hundred.registry import tracks
+    from hundred.registry import get_track
 
-    if args.track not in tracks():
-        raise HundredError(f"unknown track {args.track!r}; known: {', '.join(tracks())}")
+    track = get_track(args.track)
+    track_overrides = _track_overrides(args, track)
     if args.resume is not None:
         given = [k for k in _RUN_SHORTCUTS if getattr(args, k) is not None]
-        if given or args.config or args.set or args.quick:
+        if given or track_overrides or args.config or args.set or args.quick:
             raise HundredError("--resume continues a run with its stored config.yaml; "
                                f"drop the other options ({', '.join(given) or '--config/--set'})")
         from hundred.engine.run import config_for_resume
@@ -93,19 +131,17 @@ def _cmd_run(args: argparse.Namespace) -> None:
         overrides = [f"track={args.track}", f"method={args.method}"]
         overrides += [f"{key}={json.dumps(getattr(args, arg))}" for arg, key in _RUN_SHORTCUTS.items()
                       if getattr(args, arg) is not None]
+        overrides += track_overrides
         if args.quiet:
             overrides.append("quiet=true")
         files = list(args.config)
         if args.quick:
-            from hundred.config import quick_preset
-
-            files.insert(0, quick_preset(args.track))
+            if track.quick_preset is None:
+                raise HundredError(f"track {track.name} has no --quick preset")
+            files.insert(0, track.quick_preset)
         config = build_config(files, overrides + args.set)
-        from hundred.registry import get_method
-
-        get_method(config.track, config.method)(config.method_params, config)  # validate now
-    scenario = importlib.import_module(f"hundred.tracks.{config.track}.scenario")
-    scenario.run(config, Path(args.resume) if args.resume else None)
+    method = track.method_class(config.method)(config.method_params, config)  # validate now
+    track.run(config, Path(args.resume) if args.resume else None, method)
 
 
 def _cmd_list(args: argparse.Namespace) -> None:
@@ -114,12 +150,14 @@ def _cmd_list(args: argparse.Namespace) -> None:
 
     from hundred.data.sources import SOURCES
     from hundred.models import LOCAL_MODELS
-    from hundred.registry import methods, tracks
+    from hundred.registry import get_track, methods, tracks
 
     table = Table(title="hundred", show_lines=False)
     table.add_column("kind")
     table.add_column("name")
     table.add_column("what")
+    for track in tracks():
+        table.add_row("track", track, get_track(track).about)
     for track in tracks():
         for name, cls in methods(track).items():
             doc = (cls.__doc__ or sys.modules[cls.__module__].__doc__ or "").strip()
@@ -145,10 +183,14 @@ def _cmd_report(args: argparse.Namespace) -> None:
 
 def _cmd_tune(args: argparse.Namespace) -> None:
     from hundred.protocol.tune import base_config, tune
+    from hundred.registry import get_track
 
-    base = base_config(args.track, args.method, args.data, args.scenario, args.budget,
-                       args.config, args.set, root=args.root, device=args.device)
-    tune(base, args.trials, storage=args.storage, study_name=args.study, sampler=args.sampler,
+    track = get_track(args.track)
+    method = track.method_class(args.method)
+    base = base_config(track, method, args.data, args.budget, args.config,
+                       _track_overrides(args, track) + args.set, root=args.root,
+                       device=args.device)
+    tune(base, method, args.trials, storage=args.storage, study_name=args.study, sampler=args.sampler,
          sampler_seed=args.sampler_seed, budget=args.budget, space_file=args.space, out=args.out,
          verbose=args.verbose)
 
@@ -181,12 +223,15 @@ def _seed_list(text: str) -> list[int]:
 
 def _cmd_check(args: argparse.Namespace) -> None:
     from hundred.protocol.check import check
+    from hundred.registry import get_track
 
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    check(args.track, methods, args.tune_data, args.eval_data, args.scenario, args.trials,
-          args.seeds, budget=args.budget, sampler=args.sampler, sampler_seed=args.sampler_seed,
-          out=args.out, files=args.config, overrides=args.set, device=args.device,
-          space_file=args.space, verbose=args.verbose)
+    track = get_track(args.track)
+    methods = ([m.strip() for m in args.methods.split(",") if m.strip()] if args.methods
+               else list(track.check_methods))
+    check(track, methods, args.tune_data, args.eval_data, args.trials, args.seeds,
+          budget=args.budget, sampler=args.sampler, sampler_seed=args.sampler_seed,
+          out=args.out, files=args.config, overrides=_track_overrides(args, track) + args.set,
+          device=args.device, space_file=args.space, verbose=args.verbose)
 
 
 def _add_protocol_options(parser: argparse.ArgumentParser, search: bool) -> None:
@@ -210,6 +255,9 @@ def _add_protocol_options(parser: argparse.ArgumentParser, search: bool) -> None
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The command line; each track's shortcut flags (``--scenario``...) are added to ``run``,
+    ``tune`` and ``check`` and refused for a track that does not declare them."""
+    shortcuts = _all_shortcuts()
     parser = argparse.ArgumentParser(prog="hundred", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -256,13 +304,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", action="append", default=[], help="YAML file, repeatable")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="config override, e.g. optim.lr=0.05 (repeatable)")
-    run.add_argument("--scenario", help="class-incremental split, e.g. B0-Inc10, B50-Inc10")
-    run.add_argument("--memory", type=int, help="exemplars in total (incremental.memory)")
+    _add_track_shortcuts(run, shortcuts)
     run.add_argument("--quick", action="store_true",
                      help="a small budget (fewer images and epochs) for a first look")
     run.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run exactly")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    run.set_defaults(func=_cmd_run)
+    run.set_defaults(func=_cmd_run, track_shortcuts=[s[0].dest for s in shortcuts.values()])
 
     listing = commands.add_parser("list", help="tracks, methods, datasets and models")
     listing.set_defaults(func=_cmd_list)
@@ -278,15 +325,14 @@ def build_parser() -> argparse.ArgumentParser:
                  "(dataset labels, relabelled 0..K-1; quote it in zsh)")
     tune = commands.add_parser("tune", help="tune a method's hyperparameters with Optuna (phase "
                                "1 of tune-then-evaluate)")
-    from hundred.protocol import (DEFAULT_EVAL_DATA, DEFAULT_METHODS, DEFAULT_SCENARIO,
-                                  DEFAULT_SEEDS, DEFAULT_TRIALS, DEFAULT_TUNE_DATA)
+    from hundred.protocol import (DEFAULT_EVAL_DATA, DEFAULT_SEEDS, DEFAULT_TRIALS,
+                                  DEFAULT_TUNE_DATA)
 
-    tune.add_argument("track", help="e.g. incremental")
-    tune.add_argument("method", help="e.g. wa")
+    tune.add_argument("track", help="e.g. classify")
+    tune.add_argument("method", help="e.g. erm")
     tune.add_argument("--data", default=DEFAULT_TUNE_DATA,
                       help=f"the tuning data (default {DEFAULT_TUNE_DATA}); {data_help}")
-    tune.add_argument("--scenario", default=DEFAULT_SCENARIO,
-                      help=f"class-incremental split (default {DEFAULT_SCENARIO})")
+    _add_track_shortcuts(tune, shortcuts)
     tune.add_argument("--trials", type=int, default=10,
                       help="run until the study holds this many complete trials (default 10)")
     tune.add_argument("--storage", help="SQLAlchemy URL of the study database (default "
@@ -295,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--out", help="best-parameters YAML (default <root>/best/<study>.yaml)")
     tune.add_argument("--root", help="runs root directory (default runs)")
     _add_protocol_options(tune, search=True)
-    tune.set_defaults(func=_cmd_tune)
+    tune.set_defaults(func=_cmd_tune, track_shortcuts=[s[0].dest for s in shortcuts.values()])
 
     evaluate = commands.add_parser("evaluate", help="train with frozen tuned parameters on other "
                                    "data over seeds (phase 2 of tune-then-evaluate)")
@@ -314,15 +360,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check", help="the whole tune-then-evaluate protocol for several "
                                 "methods: both leaderboards and a report")
-    check.add_argument("track", help="e.g. incremental")
-    check.add_argument("--methods", default=",".join(DEFAULT_METHODS),
-                       help=f"comma-separated (default {','.join(DEFAULT_METHODS)})")
+    check.add_argument("track", help="e.g. classify")
+    check.add_argument("--methods", help="comma-separated (default: the track's baselines)")
     check.add_argument("--tune-data", default=DEFAULT_TUNE_DATA,
                        help=f"default {DEFAULT_TUNE_DATA}; {data_help}")
     check.add_argument("--eval-data", default=DEFAULT_EVAL_DATA,
                        help=f"default {DEFAULT_EVAL_DATA}; class-disjoint from the tuning data")
-    check.add_argument("--scenario", default=DEFAULT_SCENARIO,
-                       help=f"class-incremental split (default {DEFAULT_SCENARIO})")
+    _add_track_shortcuts(check, shortcuts)
     check.add_argument("--trials", type=int, default=DEFAULT_TRIALS,
                        help=f"complete tuning trials per method (default {DEFAULT_TRIALS})")
     check.add_argument("--seeds", type=int, default=DEFAULT_SEEDS,
@@ -330,15 +374,15 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--out", help="output folder: studies, best parameters, runs, report "
                        "(default runs/check/<track>-<time>; the same --out resumes)")
     _add_protocol_options(check, search=True)
-    check.set_defaults(func=_cmd_check)
+    check.set_defaults(func=_cmd_check, track_shortcuts=[s[0].dest for s in shortcuts.values()])
 
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    func: Callable[[argparse.Namespace], None] = args.func
     try:
+        args = build_parser().parse_args(argv)
+        func: Callable[[argparse.Namespace], None] = args.func
         func(args)
     except HundredError as error:
         print(f"error: {error}", file=sys.stderr)

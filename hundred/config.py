@@ -6,17 +6,20 @@ an out-of-range value fails at once with a message naming the key and what is al
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator,
+                      model_validator)
 
 from hundred.errors import HundredError
+from hundred.registry import DEFAULT_TRACK, get_track
 
 
-class _Strict(BaseModel):
+class StrictModel(BaseModel):
     """Unknown keys are errors; assignments are validated too."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -61,7 +64,7 @@ def format_classes(indices: list[int]) -> str:
     return ",".join(parts)
 
 
-class DataConfig(_Strict):
+class DataConfig(StrictModel):
     source: str = Field("synth100", description="source spec or packed directory; "
                         "'SOURCE[0-49]' also sets classes")
     classes: Optional[str] = Field(
@@ -105,7 +108,7 @@ class DataConfig(_Strict):
         return self.source + (f"[{self.classes}]" if self.classes else "")
 
 
-class ModelConfig(_Strict):
+class ModelConfig(StrictModel):
     name: str = "resnet20"
     head: Literal["linear", "cosine"] = "linear"
     options: dict[str, Any] = Field(default_factory=dict, description="backbone keyword options")
@@ -113,7 +116,7 @@ class ModelConfig(_Strict):
     compile: bool = Field(False, description="torch.compile the model (opt-in)")
 
 
-class OptimConfig(_Strict):
+class OptimConfig(StrictModel):
     name: Literal["sgd", "adamw"] = "sgd"
     lr: float = Field(0.1, gt=0)
     momentum: float = Field(0.9, ge=0, lt=1)
@@ -124,7 +127,7 @@ class OptimConfig(_Strict):
         False, description="apply weight decay to norm weights and biases too")
 
 
-class ScheduleConfig(_Strict):
+class ScheduleConfig(StrictModel):
     name: Literal["cosine", "step", "constant"] = "cosine"
     warmup_epochs: float = Field(0.0, ge=0)
     milestones: list[int] = Field(default_factory=list, description="epochs, for 'step'")
@@ -132,7 +135,7 @@ class ScheduleConfig(_Strict):
     min_lr_ratio: float = Field(0.0, ge=0, le=1, description="cosine floor as a fraction of lr")
 
 
-class TrainConfig(_Strict):
+class TrainConfig(StrictModel):
     epochs: int = Field(10, ge=1)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     grad_clip: Optional[float] = Field(None, gt=0, description="max gradient norm")
@@ -144,23 +147,7 @@ class TrainConfig(_Strict):
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
 
 
-class IncrementalConfig(_Strict):
-    """Class-incremental scenario (used by the ``incremental`` track)."""
-
-    scenario: str = Field("B0-Inc10", pattern=r"^B\d+-Inc\d+$",
-                          description="B<first task classes>-Inc<classes per later task>")
-    class_order_seed: int = Field(1993, ge=0, description="np.random.seed(s); permutation")
-    class_order: Optional[list[int]] = Field(None, description="explicit class order")
-    memory: int = Field(2000, ge=0, description="exemplars in total (fixed-total memory)")
-    memory_per_class: Optional[int] = Field(
-        None, ge=1, description="exemplars per class instead (growing memory)")
-    selection: Literal["herding", "random"] = "herding"
-    first_task_epochs: Optional[int] = Field(
-        None, ge=1, description="epochs of the first task (PyCIL's init_epoch; default "
-        "train.epochs); step milestones are scaled in proportion")
-
-
-class ProvenanceConfig(_Strict):
+class ProvenanceConfig(StrictModel):
     """Which protocol produced a run (copied into ``summary.json`` and every report row).
 
     ``conventional``: trained with hand-set hyperparameters; whoever reports the number may
@@ -197,10 +184,15 @@ class ProvenanceConfig(_Strict):
         return self
 
 
-class RunConfig(_Strict):
-    """Everything one run needs. ``method_params`` are validated by the method itself."""
+class RunConfig(StrictModel):
+    """Everything one run needs. ``method_params`` are validated by the method itself.
 
-    track: str = "classify"
+    A track with its own config section (``Track.section``) validates through a subclass
+    that adds it under the track's name (:func:`config_class`): ``config.<track>`` exists on
+    that track's runs only, and a section given to another track is an unknown key.
+    """
+
+    track: str = DEFAULT_TRACK
     method: str = "erm"
     name: Optional[str] = Field(None, description="run directory name (default: generated)")
     root: str = Field("runs", description="runs/<track>/<method>/<name>/")
@@ -211,7 +203,6 @@ class RunConfig(_Strict):
     optim: OptimConfig = Field(default_factory=OptimConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
-    incremental: IncrementalConfig = Field(default_factory=IncrementalConfig)
     method_params: dict[str, Any] = Field(default_factory=dict)
     provenance: ProvenanceConfig = Field(default_factory=ProvenanceConfig)
 
@@ -239,19 +230,42 @@ def with_values(config: RunConfig, values: dict[str, Any], origin: str = "values
                     raise HundredError(f"{origin}: {key}: {part!r} is not a section")
             node = child
         node[parts[-1]] = value
+    return validate_config(raw, origin)
+
+
+@functools.lru_cache(maxsize=None)
+def _with_section(track: str, section: type[BaseModel]) -> type[RunConfig]:
+    return create_model(f"{section.__name__.removesuffix('Config')}RunConfig",
+                        __base__=RunConfig, __doc__=RunConfig.__doc__,
+                        **{track: (section, Field(default_factory=section))})
+
+
+def config_class(track: str) -> type[RunConfig]:
+    """The run-config class of ``track``: :class:`RunConfig` plus the track's own section."""
+    declared = get_track(track)
+    return RunConfig if declared.section is None else _with_section(track, declared.section)
+
+
+def validate_config(raw: dict[str, Any], origin: str = "values") -> RunConfig:
+    """Validate a raw config mapping with its track's config class (HundredError otherwise)."""
+    track = raw.get("track", DEFAULT_TRACK)
+    if not isinstance(track, str):
+        raise HundredError(f"invalid configuration ({origin}):\n  track: expected a track "
+                           f"name, got {track!r}")
+    model = config_class(track)
     try:
-        return RunConfig.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as error:
-        raise HundredError(_format_errors(error, origin)) from None
+        raise HundredError(_format_errors(error, origin, model)) from None
 
 
-def _format_errors(error: ValidationError, origin: str) -> str:
+def _format_errors(error: ValidationError, origin: str, model: type[BaseModel]) -> str:
     lines = [f"invalid configuration ({origin}):"]
     for item in error.errors():
         key = ".".join(str(part) for part in item["loc"]) or "(top level)"
         if item["type"] == "extra_forbidden":
             parent = item["loc"][:-1]
-            allowed = _allowed_keys(parent)
+            allowed = _allowed_keys(model, parent)
             lines.append(f"  {key}: unknown key; allowed here: {', '.join(allowed)}")
         else:
             got = f" (got {item['input']!r})" if item["loc"] else ""
@@ -259,8 +273,7 @@ def _format_errors(error: ValidationError, origin: str) -> str:
     return "\n".join(lines)
 
 
-def _allowed_keys(path: tuple[Any, ...]) -> list[str]:
-    model: type[BaseModel] = RunConfig
+def _allowed_keys(model: type[BaseModel], path: tuple[Any, ...]) -> list[str]:
     for part in path:
         field = model.model_fields.get(str(part))
         annotation = getattr(field, "annotation", None)
@@ -314,10 +327,7 @@ def build_config(files: list[str | Path] = (), overrides: list[str] = (),
         _deep_update(raw, read_yaml(file))
     apply_overrides(raw, list(overrides))
     origin = ", ".join([str(f) for f in files] + ["--set"] * bool(overrides)) or "defaults"
-    try:
-        return RunConfig.model_validate(raw)
-    except ValidationError as error:
-        raise HundredError(_format_errors(error, origin)) from None
+    return validate_config(raw, origin)
 
 
 def _deep_update(target: dict[str, Any], update: dict[str, Any]) -> None:
@@ -326,14 +336,6 @@ def _deep_update(target: dict[str, Any], update: dict[str, Any]) -> None:
             _deep_update(target[key], value)
         else:
             target[key] = value
-
-
-def quick_preset(track: str) -> Path:
-    """The packaged ``--quick`` preset of ``track`` (small data and few epochs)."""
-    path = Path(__file__).parent / "presets" / f"quick-{track}.yaml"
-    if not path.is_file():
-        raise HundredError(f"track {track} has no --quick preset")
-    return path
 
 
 def dump_yaml(config: RunConfig) -> str:

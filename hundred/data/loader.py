@@ -17,9 +17,10 @@ Two ways to feed the device:
 
 Order and randomness are pure functions of ``(seed, epoch, rank, batch)``: the epoch's
 permutation is drawn from ``(seed, epoch)``, and each batch's augmentation generator is
-seeded from ``(seed, epoch, rank, batch)``. So two loaders with one seed give identical
-batches, and a loader restored from :meth:`BatchLoader.state_dict` mid-epoch yields exactly
-the batches an uninterrupted one would have, without reading the skipped ones.
+seeded from ``(seed, epoch, rank, batch)`` (and the view index, for multi-view batches). So
+two loaders with one seed give identical batches, and a loader restored from
+:meth:`BatchLoader.state_dict` mid-epoch yields exactly the batches an uninterrupted one
+would have, without reading the skipped ones.
 """
 
 from __future__ import annotations
@@ -40,11 +41,16 @@ from hundred.errors import HundredError
 PREFETCH_THREAD_NAME = "hundred-prefetch"
 
 Batch = tuple[torch.Tensor, torch.Tensor]
+#: what iteration yields: ``(images, labels)``, or ``(views, labels)`` with a list of K views
+LoaderBatch = tuple[torch.Tensor | list[torch.Tensor], torch.Tensor]
 T = TypeVar("T")
 
 
 class BatchLoader:
     """Iterate ``(images, labels)``: float ``(B, 3, H, W)`` normalised, and int64 ``(B,)``, on ``device``.
+
+    With ``views=K > 1`` (or ``view_augments``) iteration yields ``(views, labels)`` instead:
+    ``views`` is a list of K such image tensors.
 
     Args:
         source: an :class:`ArraySplit` (in memory or memory-mapped) or ``(images, labels)``
@@ -58,6 +64,11 @@ class BatchLoader:
         augment: a preset name, step list or :class:`Augment` (see ``build_augment``);
             ``None`` only converts and normalises.
         train: ``False`` builds the evaluation view instead of ``augment`` (no randomness).
+        views: independently augmented views of each image per batch, all with ``augment``
+            (see *Multiple views* below).
+        view_augments: one augmentation spec per view, for asymmetric views (e.g. BYOL's two
+            pipelines); its length is the number of views (``views`` must then be 1 or equal
+            to it) and ``augment`` must be ``None``.
         out_size: model input size; defaults to the packed resolution.
         mean, std: normalisation in ``[0, 1]`` pixel units (ImageNet's by default).
         device: where batches are produced (``"cpu"``, ``"cuda"``, ``"cuda:1"`` ...).
@@ -77,6 +88,14 @@ class BatchLoader:
     tail is dropped instead and every batch is full. With one rank and ``drop_last=False``
     every sample is seen exactly once per epoch.
 
+    Multiple views: self-supervised methods (SimCLR, BYOL, MoCo, DINO) and some distillation
+    methods compare K differently augmented copies of the same images. Each batch is gathered
+    once (one uint8 batch, never copied K times on the host) and augmented K times on the
+    device, each view from its own generator seed: view 0 uses the single-view seed (so view 0
+    is exactly the batch a single-view loader with the same seed yields) and view ``k`` a seed
+    drawn from ``(seed, epoch, rank, batch, k)``, so views are reproducible and resume exactly.
+    The evaluation view (``train=False``) has no randomness: its K views are equal.
+
     Position: the loader is a cursor ``(epoch, batch)``. Iterating continues from the cursor;
     finishing an epoch moves it to ``(epoch + 1, 0)``. :meth:`set_epoch` moves it to a new
     epoch (and keeps the position when called with the current epoch, so a loop that calls
@@ -94,6 +113,8 @@ class BatchLoader:
         drop_last: bool = False,
         augment: AugmentSpec | None = None,
         train: bool = True,
+        views: int = 1,
+        view_augments: Sequence[AugmentSpec] | None = None,
         out_size: int | Sequence[int] | None = None,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
@@ -133,9 +154,12 @@ class BatchLoader:
                 + (" with drop_last" if drop_last else "")
             )
         size = out_size if out_size is not None else (images.shape[1], images.shape[2])
-        self.augment: Augment = build_augment(
-            augment if augment is not None else "none", size, mean, std, train=train
+        specs = _view_specs(augment, views, view_augments)
+        #: one pipeline per view; ``augment`` is view 0's (the only one for a single view)
+        self.augments: tuple[Augment, ...] = tuple(
+            build_augment(spec, size, mean, std, train=train) for spec in specs
         )
+        self.augment: Augment = self.augments[0]
         self._epoch = 0
         self._next_batch = 0
         self.seek(epoch, start_batch)
@@ -231,10 +255,21 @@ class BatchLoader:
         order = order[:total] if total <= n else np.resize(order, total)  # np.resize wraps around
         return order[self.rank :: self.world_size]
 
-    def _augment_seed(self, epoch: int, batch: int) -> int:
-        """A 63-bit seed that is a pure function of (seed, epoch, rank, batch)."""
-        words = np.random.SeedSequence([self.seed, epoch, self.rank, batch]).generate_state(2, np.uint32)
+    def _augment_seed(self, epoch: int, batch: int, view: int = 0) -> int:
+        """A 63-bit seed that is a pure function of (seed, epoch, rank, batch, view).
+
+        View 0 keeps the single-view seed (so adding views leaves view 0's batches as they
+        were); view ``k > 0`` is the ``k``-th child stream (``spawn_key``) of the same entropy.
+        """
+        entropy = [self.seed, epoch, self.rank, batch]
+        sequence = np.random.SeedSequence(entropy, spawn_key=(view,) if view else ())
+        words = sequence.generate_state(2, np.uint32)
         return (int(words[0]) << 31) ^ int(words[1])
+
+    @property
+    def num_views(self) -> int:
+        """Augmented views per batch: 1 yields an image tensor, K > 1 a list of K."""
+        return len(self.augments)
 
     # ------------------------------------------------------------------ position
 
@@ -283,7 +318,7 @@ class BatchLoader:
 
     # ------------------------------------------------------------------ iteration
 
-    def __iter__(self) -> Iterator[Batch]:
+    def __iter__(self) -> Iterator[LoaderBatch]:
         self._epoch, self._next_batch = self._normalised_cursor()
         epoch, start = self._epoch, self._next_batch
         rows = self._rows[self._shard_positions(epoch)][: self._used_per_epoch()]
@@ -292,8 +327,11 @@ class BatchLoader:
         generator = torch.Generator(device=self.device)
         try:
             for batch, (images, labels) in zip(batches, feed):
-                generator.manual_seed(self._augment_seed(epoch, batch))
-                output = self.augment(images, generator)
+                outputs = []
+                for view, augment in enumerate(self.augments):  # one uint8 batch, K draws
+                    generator.manual_seed(self._augment_seed(epoch, batch, view))
+                    outputs.append(augment(images, generator))
+                output = outputs[0] if len(outputs) == 1 else outputs
                 self._next_batch = batch + 1
                 yield output, labels
             self._epoch, self._next_batch = epoch + 1, 0
@@ -357,9 +395,10 @@ class BatchLoader:
 
     def __repr__(self) -> str:
         mode = "resident" if self.resident else f"streamed(prefetch={self.prefetch})"
+        views = f", {self.num_views} views" if self.num_views > 1 else ""
         return (
-            f"BatchLoader({self.num_samples} samples, batch {self.batch_size}, {len(self)} batches/epoch, "
-            f"rank {self.rank}/{self.world_size}, {self.device}, {mode})"
+            f"BatchLoader({self.num_samples} samples, batch {self.batch_size}, {len(self)} batches/epoch"
+            f"{views}, rank {self.rank}/{self.world_size}, {self.device}, {mode})"
         )
 
 
@@ -445,6 +484,41 @@ def _arrays(source: ArraySplit | tuple[np.ndarray, np.ndarray]) -> tuple[np.ndar
     if not isinstance(source, ArraySplit):
         raise HundredError(f"a loader reads an ArraySplit or (images, labels), got {type(source).__name__}")
     return source.images, source.labels
+
+
+def _view_specs(
+    augment: AugmentSpec | None, views: int, view_augments: Sequence[AugmentSpec] | None
+) -> list[AugmentSpec]:
+    """One augmentation spec per view, from ``augment`` x ``views`` or from ``view_augments``."""
+    if isinstance(views, bool) or not isinstance(views, (int, np.integer)) or views < 1:
+        raise HundredError(f"views must be an integer >= 1, got {views!r}")
+    if view_augments is None:
+        return [augment if augment is not None else "none"] * int(views)
+    if isinstance(view_augments, (str, Augment)):
+        raise HundredError(
+            f"view_augments takes one spec per view (a list), got a single spec {view_augments!r}"
+        )
+    specs = list(view_augments)
+    if not specs:
+        raise HundredError("view_augments must give at least one view's spec")
+    if views not in (1, len(specs)):
+        raise HundredError(
+            f"views={views} does not match the {len(specs)} specs of view_augments "
+            "(pass views=1 or its length)"
+        )
+    if augment is not None:
+        raise HundredError(
+            "give either augment (the same for every view) or view_augments, not both"
+        )
+    for spec in specs:
+        if not isinstance(spec, (str, Augment)) and not (
+            isinstance(spec, Sequence) and all(isinstance(step, (str, dict)) for step in spec)
+        ):
+            raise HundredError(
+                "each view_augments item is a preset name, a list of steps or an Augment, "
+                f"got {spec!r}"
+            )
+    return specs
 
 
 def _checked_indices(indices: np.ndarray | Sequence[int] | None, n: int) -> np.ndarray:

@@ -6,6 +6,12 @@ import torch
 import torch.nn.functional as F
 
 
+def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0
+                  ) -> torch.Tensor:
+    """Cross-entropy computed in float32 (logits may come out of bf16 autocast)."""
+    return F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
+
+
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
                       temperature: float) -> torch.Tensor:
     """Knowledge distillation (Hinton et al., 2015): cross-entropy between the teacher's and

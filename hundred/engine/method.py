@@ -1,20 +1,25 @@
 """The hook set through which a method plugs into the trainer. Keep it minimal.
 
-A method subclasses :class:`Method`, declares its hyperparameters as a pydantic model
-(``Params``, validated before training starts), may declare which of them ``hundred tune``
-searches (``search_space``, added to the shared grid of :mod:`hundred.protocol.space`), and
-overrides only the hooks it needs:
+A method subclasses :class:`Method` (or its track's base class), declares its
+hyperparameters as a pydantic model (``Params``, validated before training starts), may
+declare which of them ``hundred tune`` searches (``search_space``, added to the shared grid
+of :mod:`hundred.protocol.space`) and how many augmented views of each image it trains on
+(``views``), and overrides only the hooks it needs:
 
+* ``setup(model, ctx)`` — once before training: build the method's own modules (a
+  projector, an auxiliary head, a teacher, masks) with :meth:`Method.add_trainable` (they
+  join the optimiser and the checkpoint) or :meth:`Method.add_frozen` (they join neither);
 * ``loss(model, images, labels)`` — the training loss for one batch (required);
 * ``on_epoch_start(epoch)`` / ``on_epoch_end(epoch)``;
 * ``after_optimizer_step(model)`` — e.g. weight clipping;
-* ``state_dict()`` / ``load_state_dict()`` — anything beyond the model that resume needs.
+* ``state_dict()`` / ``load_state_dict()`` — anything beyond the modules that resume needs.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, Mapping, Sequence, Union
 
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -22,7 +27,10 @@ from torch import nn
 
 from hundred.config import RunConfig
 from hundred.errors import HundredError
-from hundred.protocol.space import Dimension
+from hundred.space import Dimension
+
+# What ``loss`` receives as images: one batch, or a list of views of it (``Method.views`` > 1).
+Images = Union[torch.Tensor, Sequence[torch.Tensor]]
 
 
 class NoParams(BaseModel):
@@ -31,20 +39,40 @@ class NoParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+@dataclass(frozen=True)
+class SetupContext:
+    """What :meth:`Method.setup` may need: the run's config, the device the model trains on,
+    and the length of the training phase (steps per epoch, epochs)."""
+
+    config: RunConfig
+    device: torch.device
+    steps_per_epoch: int
+    epochs: int
+
+
 class Method(ABC):
     """Base class of a method plugin. ``track`` and ``name`` are set by the registry.
 
     ``self.params`` holds the validated method hyperparameters, ``self.config`` the run's
     configuration (shared settings such as ``train.label_smoothing``). ``search_space``
-    holds the method's own tuning entries (config path -> :class:`~hundred.protocol.space.Choice`
+    holds the method's own tuning entries (config path -> :class:`~hundred.space.Choice`
     or a range, e.g. ``{"method_params.temperature": Choice((0.5, 1.0, 2.0))}``); tuning
     adds them to the shared grid (epochs, lr, schedule, ...), as Cha & Cho (TMLR 2025) do.
+    ``views`` is the number of independently augmented views of each image that ``loss``
+    receives (a list of tensors when above 1, as contrastive methods need).
+
+    ``self.trainable`` holds the method's own trainable modules: the trainer moves them to
+    the device, optimises them with the model, averages their gradients under DDP, and saves
+    and restores them in every checkpoint (``method.<name>.*`` keys). ``self.frozen`` holds
+    modules that are used but never trained (a teacher): on the device, in eval mode, without
+    gradients, in neither the optimiser nor the checkpoint.
     """
 
     track: ClassVar[str] = ""
     name: ClassVar[str] = ""
     Params: ClassVar[type[BaseModel]] = NoParams
     search_space: ClassVar[Mapping[str, Dimension]] = {}
+    views: ClassVar[int] = 1
 
     def __init__(self, params: dict[str, Any] | None = None, config: RunConfig | None = None
                  ) -> None:
@@ -55,10 +83,29 @@ class Method(ABC):
             problems = "; ".join(
                 f"method_params.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
             raise HundredError(f"{self.track}/{self.name}: {problems}") from None
+        self.trainable = nn.ModuleDict()
+        self.frozen = nn.ModuleDict()
+
+    def add_trainable(self, name: str, module: nn.Module) -> nn.Module:
+        """Register ``module`` (e.g. a projector) to be trained and checkpointed with the model."""
+        self.trainable[name] = module
+        return module
+
+    def add_frozen(self, name: str, module: nn.Module) -> nn.Module:
+        """Register ``module`` (e.g. a teacher) as used but never trained: it is put in eval
+        mode without gradients and kept out of the optimiser and the checkpoint."""
+        self.frozen[name] = module.eval().requires_grad_(False)
+        return module
+
+    def setup(self, model: nn.Module, ctx: SetupContext) -> None:
+        """Called by the trainer before it builds its optimiser (once per training phase:
+        once for a plain run, once per task of a class-incremental one, so build modules
+        only if they are not there yet). The default builds nothing."""
 
     @abstractmethod
-    def loss(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """The training loss of one batch (every method defines it)."""
+    def loss(self, model: nn.Module, images: Images, labels: torch.Tensor) -> torch.Tensor:
+        """The training loss of one batch (every method defines it). ``images`` is a list of
+        ``views`` tensors when the method declares more than one view."""
 
     def on_epoch_start(self, epoch: int) -> None:
         """Called before the first batch of ``epoch`` (0-based)."""
@@ -70,6 +117,7 @@ class Method(ABC):
         """Called after every optimiser step (e.g. to clip or project weights)."""
 
     def state_dict(self) -> dict[str, Any]:
+        """Tensors and plain values beyond the modules that resume needs (default: none)."""
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

@@ -116,14 +116,15 @@ def device_budget_bytes(config: RunConfig) -> int | None:
 
 
 def train_loader(ctx: RunContext, dataset: Dataset, indices: np.ndarray | None = None,
-                 seed_offset: int = 0) -> BatchLoader:
-    """Shuffled, augmented batches of the train split (this rank's shard under DDP)."""
+                 seed_offset: int = 0, views: int = 1) -> BatchLoader:
+    """Shuffled, augmented batches of the train split (this rank's shard under DDP); with
+    ``views`` > 1, each batch holds that many independently augmented views of its images."""
     config = ctx.config
     if config.data.batch_size % ctx.dist.world_size:
         raise HundredError(f"data.batch_size={config.data.batch_size} must divide evenly over "
                            f"{ctx.dist.world_size} processes")
     return BatchLoader(dataset.arrays("train"), batch_size=config.data.batch_size // ctx.dist.world_size,
-                       shuffle=True, drop_last=True, seed=config.seed + seed_offset,
+                       shuffle=True, drop_last=True, seed=config.seed + seed_offset, views=views,
                        device=ctx.device, augment=config.data.augment,
                        out_size=config.data.image_size, mean=config.data.mean,
                        std=config.data.std, indices=indices,

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any, Iterable, Protocol
 
 import torch
-import torch.nn.functional as F
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
@@ -28,7 +27,7 @@ from torch import nn
 from hundred.config import OptimConfig, RunConfig, ScheduleConfig
 from hundred.engine.checkpoint import load_checkpoint, save_checkpoint
 from hundred.engine.distributed import DistInfo
-from hundred.engine.method import Method
+from hundred.engine.method import Images, Method, SetupContext
 from hundred.engine.metrics import evaluate
 from hundred.engine.rundir import append_jsonl, truncate_metrics
 from hundred.errors import HundredError
@@ -52,11 +51,14 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def build_optimizer(model: nn.Module, config: OptimConfig) -> torch.optim.Optimizer:
-    """SGD or AdamW; norm weights and biases (1-d parameters) get no weight decay unless
+def build_optimizer(modules: nn.Module | Iterable[nn.Module], config: OptimConfig
+                    ) -> torch.optim.Optimizer:
+    """SGD or AdamW over the trainable parameters of ``modules`` (the model and a method's own
+    modules); norm weights and biases (1-d parameters) get no weight decay unless
     ``decay_norm_and_bias`` — the common practice since "Bag of Tricks" (He et al., 2019)."""
+    modules = [modules] if isinstance(modules, nn.Module) else list(modules)
     decay, no_decay = [], []
-    for parameter in model.parameters():
+    for parameter in (p for module in modules for p in module.parameters()):
         if not parameter.requires_grad:
             continue
         (decay if parameter.ndim > 1 or config.decay_norm_and_bias else no_decay).append(parameter)
@@ -129,7 +131,11 @@ class Trainer:
             from timm.utils import ModelEmaV3
 
             self.ema = ModelEmaV3(model, decay=config.train.ema_decay)
-        self.optimizer = build_optimizer(model, config.optim)
+        # the method builds its own modules now, so that they join the optimiser below
+        method.setup(model, SetupContext(config, device, len(train_loader), config.train.epochs))
+        method.trainable.to(device)
+        method.frozen.to(device)
+        self.optimizer = build_optimizer([model, method.trainable], config.optim)
         self.base_lrs = [group["lr"] for group in self.optimizer.param_groups]
         forward_model: nn.Module = model
         if dist_info.enabled:
@@ -149,9 +155,12 @@ class Trainer:
         return None if self.run_dir is None else self.run_dir / "checkpoints"
 
     def _weights(self) -> dict[str, torch.Tensor]:
+        """Model weights, EMA weights (``ema.*``) and the method's trainable modules
+        (``method.*``); frozen modules (teachers) are not the run's to save."""
         weights = dict(self.model.state_dict())
         if self.ema is not None:
             weights.update({f"ema.{k}": v for k, v in self.ema.module.state_dict().items()})
+        weights.update({f"method.{k}": v for k, v in self.method.trainable.state_dict().items()})
         return weights
 
     def _save(self, epoch: int) -> None:
@@ -174,11 +183,11 @@ class Trainer:
         if found is None:
             return False
         epoch, weights, state = found
-        model_weights = {k: v for k, v in weights.items() if not k.startswith("ema.")}
-        self.model.load_state_dict(model_weights)
+        self.model.load_state_dict({k: v for k, v in weights.items()
+                                    if not k.startswith(("ema.", "method."))})
         if self.ema is not None:
-            self.ema.module.load_state_dict(
-                {k[len("ema."):]: v for k, v in weights.items() if k.startswith("ema.")})
+            self.ema.module.load_state_dict(_with_prefix(weights, "ema."))
+        self.method.trainable.load_state_dict(_with_prefix(weights, "method."))
         self.optimizer.load_state_dict(state["optimizer"])
         self.method.load_state_dict(state["method"])
         torch.set_rng_state(state["torch_rng"])
@@ -197,9 +206,9 @@ class Trainer:
             group["lr"] = base * factor
         return self.base_lrs[0] * factor
 
-    def _train_step(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def _train_step(self, images: Images, labels: torch.Tensor) -> torch.Tensor:
         if self.device.type == "cuda" and self.config.model.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
+            images = _channels_last(images)
         if self.autocast is not None:
             with self.autocast:
                 loss = self.method.loss(self.forward_model, images, labels)
@@ -207,11 +216,22 @@ class Trainer:
             loss = self.method.loss(self.forward_model, images, labels)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if self.dist.enabled:
+            self._average_method_gradients()
         if self.config.train.grad_clip is not None:
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.config.train.grad_clip)
+            nn.utils.clip_grad_norm_([p for group in self.optimizer.param_groups
+                                      for p in group["params"]], self.config.train.grad_clip)
         self.optimizer.step()
         self.method.after_optimizer_step(self.model)
         return loss.detach()
+
+    def _average_method_gradients(self) -> None:
+        """DDP averages the model's gradients; the method's own modules are called outside
+        the DDP wrapper, so their gradients are averaged over the ranks here."""
+        for parameter in self.method.trainable.parameters():
+            if parameter.grad is not None:
+                torch.distributed.all_reduce(parameter.grad)
+                parameter.grad /= self.dist.world_size
 
     def evaluate(self) -> dict[str, float]:
         """Top-1/top-5/loss of the EMA model if enabled, else of the model, on the eval data."""
@@ -238,6 +258,7 @@ class Trainer:
                 self.method.on_epoch_start(epoch)
                 self.train_loader.set_epoch(epoch)
                 self.model.train()
+                self.method.trainable.train()
                 progress.reset(task, total=steps_per_epoch, epoch=f"{epoch + 1}/{epochs}",
                                rate=0.0, loss="-")
                 loss_sum = torch.zeros((), device=self.device)
@@ -297,7 +318,12 @@ class Trainer:
         self.console.print("  ".join(parts), highlight=False)
 
 
-def cross_entropy(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0
-                  ) -> torch.Tensor:
-    """Cross-entropy computed in float32 (logits may come out of bf16 autocast)."""
-    return F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
+def _with_prefix(weights: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The entries of ``weights`` under ``prefix``, with the prefix removed."""
+    return {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
+
+
+def _channels_last(images: Images) -> Images:
+    if isinstance(images, torch.Tensor):
+        return images.contiguous(memory_format=torch.channels_last)
+    return [view.contiguous(memory_format=torch.channels_last) for view in images]

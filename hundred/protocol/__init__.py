@@ -11,10 +11,9 @@ Importing this package imports neither torch nor Optuna (methods import :mod:`.s
 """
 
 # Defaults of ``hundred tune/evaluate/check``: the built-in synth100 split into class-disjoint
-# halves (as the paper splits CIFAR-100), ten classes per task; small enough for a CPU.
+# halves (as the paper splits CIFAR-100); small enough for a CPU. The methods a check compares
+# by default and the scenario are the track's (``Track.check_methods``, its config section).
 DEFAULT_TUNE_DATA = "synth100[0-49]"
 DEFAULT_EVAL_DATA = "synth100[50-99]"
-DEFAULT_SCENARIO = "B0-Inc10"
-DEFAULT_METHODS = ("finetune", "replay", "wa")
 DEFAULT_TRIALS = 5
 DEFAULT_SEEDS = 2

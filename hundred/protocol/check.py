@@ -32,11 +32,11 @@ from hundred.config import DataConfig
 from hundred.errors import HundredError
 from hundred.protocol import space as spaces
 from hundred.protocol.evaluate import check_disjoint, check_frozen, evaluate
-from hundred.protocol import (DEFAULT_EVAL_DATA, DEFAULT_METHODS, DEFAULT_SCENARIO,
-                              DEFAULT_SEEDS, DEFAULT_TRIALS, DEFAULT_TUNE_DATA)
+from hundred.protocol import DEFAULT_EVAL_DATA, DEFAULT_SEEDS, DEFAULT_TRIALS, DEFAULT_TUNE_DATA
 from hundred.protocol.tune import BestParams, base_config, default_storage, tune
 from hundred.report import GroupRow, ReportPaths, Table, aggregate, leaderboard, render_report
 from hundred.report.collect import load_summary
+from hundred.track import Track
 
 CONVENTIONAL = "conventional"
 
@@ -95,13 +95,16 @@ def leaderboards(conventional_runs: Sequence[Mapping[str, Any]],
 
 
 # wide columns left out of the terminal tables (the titles say the protocol, the parameters
-# get a table of their own; the report files keep every column)
-TERMINAL_HIDDEN = ("protocol", "tuned params", "NME avg incremental acc")
+# get a table of their own; the report files keep every column), besides the track's own
+# ``ReportSpec.terminal_hidden``
+TERMINAL_HIDDEN = ("protocol", "tuned params")
 
 
 def rich_table(table: Table, hide: Sequence[str] = TERMINAL_HIDDEN) -> RichTable:
-    """A report :class:`~hundred.report.Table` for the terminal (``hide`` drops columns)."""
-    shown = [i for i, name in enumerate(table.header) if name not in hide]
+    """A report :class:`~hundred.report.Table` for the terminal (``hide`` and the track's
+    ``terminal_hidden`` columns are dropped)."""
+    hidden = set(hide) | set(table.rows[0].spec.terminal_hidden)
+    shown = [i for i, name in enumerate(table.header) if name not in hidden]
     out = RichTable(title=table.title, title_style="bold", caption=None)
     for i in shown:
         out.add_column(table.header[i], justify="right" if table.align[i] == "r" else "left")
@@ -140,54 +143,59 @@ def default_out(track: str) -> Path:
     return Path("runs") / "check" / f"{track}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def check(track: str = "incremental", methods: Sequence[str] = DEFAULT_METHODS,
+def check(track: Track, methods: Sequence[str] = (),
           tune_data: str = DEFAULT_TUNE_DATA, eval_data: str = DEFAULT_EVAL_DATA,
-          scenario: str | None = DEFAULT_SCENARIO, trials: int = DEFAULT_TRIALS,
-          seeds: int = DEFAULT_SEEDS, budget: str = "quick", sampler: str = "random",
+          trials: int = DEFAULT_TRIALS, seeds: int = DEFAULT_SEEDS, budget: str = "quick",
+          sampler: str = "random",
           sampler_seed: int = 0, out: str | Path | None = None,
           files: Sequence[str | Path] = (), overrides: Sequence[str] = (),
           device: str | None = None, space_file: str | Path | None = None,
           verbose: bool = False, console: Console | None = None) -> CheckResult:
     """Tune every method on ``tune_data``, evaluate its best parameters on ``eval_data`` over
-    ``seeds`` seeds, print both leaderboards and write the report into ``out``."""
+    ``seeds`` seeds, print both leaderboards and write the report into ``out``. ``methods``
+    defaults to the track's ``check_methods``; ``overrides`` (``--set`` and the track's
+    shortcuts, e.g. its scenario) apply to every run."""
+    methods = list(methods or track.check_methods)
     if not methods:
         raise HundredError("--methods: give at least one method")
     if seeds < 1:
         raise HundredError(f"--seeds must be at least 1, got {seeds}")
     log = console or Console(stderr=True)
-    out = Path(out) if out is not None else default_out(track)
+    out = Path(out) if out is not None else default_out(track.name)
     started = time.perf_counter()
     # every input is checked before the first trial: data split, configs, spaces, overrides
     tuning, evaluation = (DataConfig.model_validate({"source": d}) for d in (tune_data, eval_data))
     check_disjoint(tuning, tuning.label, evaluation)
-    bases = {m: base_config(track, m, tune_data, scenario, budget, files, overrides,
+    classes = {m: track.method_class(m) for m in methods}
+    bases = {m: base_config(track, classes[m], tune_data, budget, files, overrides,
                             root=str(out), device=device) for m in methods}
-    from hundred.registry import get_method
-
     space_overrides = spaces.load_space_file(space_file) if space_file else None
     for method, base in bases.items():
-        space = spaces.space_for(get_method(track, method), budget, space_overrides)
-        spaces.validate_space(space, base, get_method(track, method))
+        space = spaces.space_for(classes[method], budget, space_overrides)
+        spaces.validate_space(space, base, classes[method])
         check_frozen(list(space), files, overrides, f"the search space of {method}")
-    log.print(f"hundred check {track}: methods {', '.join(methods)}; tune on {tuning.label}, "
-              f"evaluate on {evaluation.label}; {scenario}; {trials} trials, {seeds} seeds; "
+    scenario = track.scenario_label(bases[methods[0]])
+    log.print(f"hundred check {track.name}: methods {', '.join(methods)}; tune on {tuning.label}, "
+              f"evaluate on {evaluation.label}; {f'{scenario}; ' if scenario else ''}"
+              f"{trials} trials, {seeds} seeds; "
               f"budget {budget} ({spaces.BUDGETS[budget].about}); output {out}", highlight=False, markup=False)
 
     storage = default_storage(out)
     log.print("[bold]Phase 1: tuning[/bold]")
-    bests = [tune(bases[m], trials, storage=storage, sampler=sampler, sampler_seed=sampler_seed,
+    bests = [tune(bases[m], classes[m], trials, storage=storage, sampler=sampler, sampler_seed=sampler_seed,
                   budget=budget, space_file=space_file, verbose=verbose, console=log).best
              for m in methods]
     log.print("[bold]Phase 2: evaluation with frozen parameters[/bold]")
     evaluation_runs = []
     for best in bests:
         for summary in evaluate(best, eval_data, list(range(seeds)), files, overrides,
-                                root=str(out), device=device, verbose=verbose, console=log):
+                                root=str(out), device=device, verbose=verbose, console=log,
+                                method=classes[best.method]):
             evaluation_runs.append(load_summary(Path(summary["run_dir"]) / "summary.json"))
 
     conv_table, eval_table = leaderboards([conventional_run(b) for b in bests], evaluation_runs)
     minutes = (time.perf_counter() - started) / 60
-    meta = [f"Generated {time.strftime('%Y-%m-%d %H:%M:%S')} by hundred check {track} in "
+    meta = [f"Generated {time.strftime('%Y-%m-%d %H:%M:%S')} by hundred check {track.name} in "
             f"{minutes:.1f} min: {len(methods)} methods, {trials} tuning trials each on "
             f"{tuning.label} ({budget} budget, {sampler} search), evaluated on "
             f"{evaluation.label} over {seeds} seed{'s' * (seeds != 1)}.",
@@ -195,7 +203,7 @@ def check(track: str = "incremental", methods: Sequence[str] = DEFAULT_METHODS,
             "TMLR 2025. Only the tune-then-evaluate table measures methods on data their "
             "hyperparameters never saw."]
     report = render_report([conv_table, eval_table], [*conv_table.rows, *eval_table.rows],
-                           out / "report", meta, title=f"hundred check: {track}")
+                           out / "report", meta, title=f"hundred check: {track.name}")
     print_leaderboards([conv_table, eval_table], bests)
     Console().print(f"report: {report.markdown}  {report.html}  ({len(report.plots)} figures); "
                     f"took {minutes:.1f} min", highlight=False, markup=False)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from rich.console import Console
 
@@ -29,7 +29,11 @@ from hundred.config import (DataConfig, RunConfig, apply_overrides, build_config
                             format_classes, parse_classes, read_yaml, with_values)
 from hundred.errors import HundredError
 from hundred.protocol import space as spaces
-from hundred.protocol.tune import PROTOCOL, BestParams, _captured, scenario_module, slug
+from hundred.protocol.tune import PROTOCOL, BestParams, _captured, slug
+from hundred.registry import get_track
+
+if TYPE_CHECKING:
+    from hundred.engine.method import Method
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> list[str]:
@@ -46,6 +50,13 @@ def _user_keys(files: Sequence[str | Path], overrides: Sequence[str]) -> list[st
     for file in files:
         tree.update(read_yaml(file))
     return _flatten(apply_overrides(tree, list(overrides)))
+
+
+def _lookup(tree: dict[str, Any], key: str) -> Any:
+    """The value at dotted ``key`` of a nested mapping (None where a level is missing)."""
+    for part in key.split("."):
+        tree = tree.get(part) if isinstance(tree, dict) else None
+    return tree
 
 
 def check_disjoint(tuning: DataConfig, tuned_on: str, evaluation: DataConfig) -> None:
@@ -95,10 +106,12 @@ def evaluation_config(best: BestParams, data: str, files: Sequence[str | Path] =
     given = [f"root={json.dumps(root)}"] if root is not None else []
     given += [f"train.device={device}"] if device is not None else []
     config = build_config(list(files), given + list(overrides), base=raw)
-    if config.model_dump(mode="json")["incremental"] != best.fixed.get("incremental"):
-        raise HundredError("the evaluation phase keeps the scenario it was tuned with "
-                           f"({best.scenario}, memory, class order); drop the incremental.* "
-                           "overrides")
+    track = get_track(best.track)
+    dumped = config.model_dump(mode="json")
+    for key, reason in track.protocol_fixed.items():
+        if _lookup(dumped, key) != _lookup(best.fixed, key):
+            raise HundredError(f"the evaluation phase keeps {key} as it was tuned ({reason}); "
+                               f"drop the {key}.* overrides")
     tuning = DataConfig.model_validate({"source": best.tuning_data.source,
                                         "classes": best.tuning_data.classes})
     check_disjoint(tuning, best.tuned_on, config.data)
@@ -111,18 +124,20 @@ def evaluation_config(best: BestParams, data: str, files: Sequence[str | Path] =
 
 def evaluate(best: BestParams, data: str, seeds: Sequence[int], files: Sequence[str | Path] = (),
              overrides: Sequence[str] = (), root: str | None = None, device: str | None = None,
-             verbose: bool = False, console: Console | None = None) -> list[dict[str, Any]]:
+             verbose: bool = False, console: Console | None = None,
+             method: "type[Method] | None" = None) -> list[dict[str, Any]]:
     """Train ``best.method`` with ``best.params`` on ``data`` once per seed; returns the
-    summaries (finished runs of the same settings and seed are reused, killed ones resumed)."""
+    summaries (finished runs of the same settings and seed are reused, killed ones resumed).
+    ``method`` is the method's class when the caller has resolved it already."""
     from hundred.engine.run import settings_digest
-    from hundred.registry import get_method
 
     if not seeds:
         raise HundredError("give at least one seed")
     console = console or Console(stderr=True)
-    scenario = scenario_module(best.track)
+    track = get_track(best.track)
+    method = method or track.method_class(best.method)
     config = evaluation_config(best, data, files, overrides, root, device)
-    get_method(config.track, config.method)(config.method_params, config)
+    method(config.method_params, config)  # the method validates its params before any run
     tag = settings_digest(config)[:8]
     summaries = []
     for seed in seeds:
@@ -138,14 +153,14 @@ def evaluate(best: BestParams, data: str, seeds: Sequence[int], files: Sequence[
         resume = run_dir if (run_dir / "config.yaml").is_file() else None
         with _captured(not verbose) as output:
             try:
-                summary = scenario.run(run, resume)
+                summary = track.run(run, resume, method(run.method_params, run))
             finally:
                 if output is not None and run_dir.is_dir():
                     log = run_dir / "console.log"
                     with open(log, "a", encoding="utf-8") as handle:
                         handle.write(output.getvalue())
         console.print(f"[evaluate {run.method}] seed {seed} on {summary['data']}: "
-                      f"{scenario.PRIMARY_METRIC} {summary[scenario.PRIMARY_METRIC]:.2f} "
+                      f"{track.primary.key} {summary[track.primary.key]:.2f} "
                       f"({run_dir})", highlight=False, markup=False)
         summaries.append(summary)
     return summaries

@@ -10,8 +10,7 @@ How a study is kept honest and robust:
 * every trial is a normal run (``<root>/<track>/<method>/tune-<study>-tNNNN/``) whose config
   records ``protocol: tune-then-evaluate, phase: tuning``, the study and the trial number;
   the trial stores its run directory, worker and error (if any) as user attributes;
-* the objective is the track's declared primary metric (``PRIMARY_METRIC`` of its scenario
-  module: average incremental accuracy for the incremental track);
+* the objective is the track's declared primary metric (``Track.primary``) in its direction;
 * storage is any SQLAlchemy URL (SQLite by default), opened with ``load_if_exists``, so a
   killed study resumes and several processes or machines add trials to one study; ``--trials
   N`` means "until the study holds N complete trials", so a rerun finishes the remainder;
@@ -28,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib
 import io
 import json
 import os
@@ -37,7 +35,6 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import TYPE_CHECKING, Any, Iterator, Literal, Optional, Sequence
 
 import yaml
@@ -48,33 +45,19 @@ from hundred.config import RunConfig, apply_overrides, build_config, with_values
 from hundred.errors import HundredError
 from hundred.io import write_text
 from hundred.protocol import space as spaces
+from hundred.registry import get_track
+from hundred.track import Track
 
 if TYPE_CHECKING:
     import optuna
+
+    from hundred.engine.method import Method
 
 PROTOCOL = "tune-then-evaluate"
 SAMPLERS = ("random", "tpe")
 
 
-# -- what the track declares ------------------------------------------------------------------
-def scenario_module(track: str) -> ModuleType:
-    """``hundred.tracks.<track>.scenario``; it must declare ``PRIMARY_METRIC``."""
-    from hundred.registry import tracks
-
-    if track not in tracks():
-        raise HundredError(f"unknown track {track!r}; known: {', '.join(tracks())}")
-    module = importlib.import_module(f"hundred.tracks.{track}.scenario")
-    if not hasattr(module, "PRIMARY_METRIC"):
-        raise HundredError(f"track {track} declares no PRIMARY_METRIC in its scenario, so it "
-                           "cannot be tuned yet")
-    return module
-
-
-def scenario_label(config: RunConfig) -> Optional[str]:
-    """The scenario a config runs (``B0-Inc10``), None for tracks without one."""
-    return config.incremental.scenario if config.track == "incremental" else None
-
-
+# -- names -------------------------------------------------------------------------------------
 def slug(text: str) -> str:
     """A file-name-safe form of a study or dataset name (``synth100[0-49]`` -> ``synth100_0-49``)."""
     import re
@@ -89,29 +72,27 @@ def worker_id() -> str:
 
 
 # -- configs ----------------------------------------------------------------------------------
-def base_config(track: str, method: str, data: str, scenario: str | None, budget: str,
+def base_config(track: Track, method: "type[Method]", data: str, budget: str,
                 files: Sequence[str | Path] = (), overrides: Sequence[str] = (),
                 root: str | None = None, device: str | None = None) -> RunConfig:
-    """The config every trial starts from: the budget's base settings, then ``files``, then
-    the data/scenario/root/device given, then ``overrides`` (``--set``, which win). With the
-    quick budget, the built-in ``synth100`` is generated small unless options were given."""
+    """The config every trial starts from: the budget's base settings (the shared ones, then
+    the track's ``budget_base``), then ``files``, then the data/root/device given, then
+    ``overrides`` (track shortcuts and ``--set``, which win). With the quick budget, the
+    built-in ``synth100`` is generated small unless options were given."""
     if budget not in spaces.BUDGETS:
         raise HundredError(f"unknown budget {budget!r}; known: {', '.join(spaces.BUDGETS)}")
     chosen = spaces.BUDGETS[budget]
-    given = [f"track={track}", f"method={method}", f"data.source={json.dumps(data)}"]
-    if scenario is not None:
-        given.append(f"incremental.scenario={scenario}")
+    given = [f"track={track.name}", f"method={method.name}", f"data.source={json.dumps(data)}"]
     if root is not None:
         given.append(f"root={json.dumps(root)}")
     if device is not None:
         given.append(f"train.device={device}")
+    budget_base = [f"track={track.name}", *chosen.base, *track.budget_base.get(budget, ())]
     config = build_config(list(files), given + list(overrides),
-                          base=apply_overrides({}, list(chosen.base)))
+                          base=apply_overrides({}, budget_base))
     if config.data.source == "synth100" and not config.data.options and chosen.synth100_options:
         config = with_values(config, {"data.options": dict(chosen.synth100_options)}, "budget")
-    from hundred.registry import get_method
-
-    get_method(track, method)(config.method_params, config)  # the method validates its params
+    method(config.method_params, config)  # the method validates its params
     return config
 
 
@@ -314,13 +295,14 @@ def _captured(enabled: bool) -> Iterator[io.StringIO | None]:
         yield buffer
 
 
-def tune(base: RunConfig, trials: int, storage: str | None = None, study_name: str | None = None,
-         sampler: str = "random", sampler_seed: int = 0, budget: str = "quick",
+def tune(base: RunConfig, method: "type[Method]", trials: int, storage: str | None = None,
+         study_name: str | None = None, sampler: str = "random", sampler_seed: int = 0, budget: str = "quick",
          space_file: str | Path | None = None, out: str | Path | None = None,
          verbose: bool = False, console: Console | None = None,
          max_failures: int | None = None) -> TuneResult:
-    """Run trials of ``base.method`` on ``base``'s data until the study holds ``trials``
-    complete trials, then write the best parameters (YAML) and return them.
+    """Run trials of ``method`` (the class of ``base.method``) on ``base``'s data until the
+    study holds ``trials`` complete trials, then write the best parameters (YAML) and return
+    them.
 
     ``base`` comes from :func:`base_config`. ``storage`` defaults to
     ``sqlite:///<root>/studies.db``, ``study_name`` to ``<track>-<method>-<data>-<scenario>``,
@@ -329,18 +311,16 @@ def tune(base: RunConfig, trials: int, storage: str | None = None, study_name: s
     """
     import optuna
 
-    from hundred.registry import get_method
-
     if trials < 1:
         raise HundredError(f"--trials must be at least 1, got {trials}")
     console = console or Console(stderr=True)
-    scenario = scenario_module(base.track)
-    method_cls = get_method(base.track, base.method)
+    track = get_track(base.track)
+    objective_name = track.primary.key
     overrides = spaces.load_space_file(space_file) if space_file else None
-    space = spaces.space_for(method_cls, budget, overrides)
-    spaces.validate_space(space, base, method_cls)
+    space = spaces.space_for(method, budget, overrides)
+    spaces.validate_space(space, base, method)
 
-    label = scenario_label(base)
+    label = track.scenario_label(base)
     study_name = study_name or "-".join(
         part for part in (base.track, base.method, base.data.label, label) if part)
     storage = storage or default_storage(base.root)
@@ -348,7 +328,7 @@ def tune(base: RunConfig, trials: int, storage: str | None = None, study_name: s
     study = optuna.create_study(
         study_name=study_name, storage=open_storage(storage),
         sampler=make_sampler(sampler, sampler_seed, trials),
-        direction=getattr(scenario, "PRIMARY_DIRECTION", "maximize"), load_if_exists=True)
+        direction=track.direction, load_if_exists=True)
     fixed = fixed_settings(base)
     _remember_setup(study, {"track": base.track, "method": base.method,
                             "fixed_settings": _digest(fixed), "space": spaces.describe(space)})
@@ -371,7 +351,7 @@ def tune(base: RunConfig, trials: int, storage: str | None = None, study_name: s
         output = None
         try:
             with _captured(not verbose) as output:
-                summary = scenario.run(config)
+                summary = track.run(config, method=method(config.method_params, config))
         except HundredError as error:
             trial.set_user_attr("error", str(error))
             raise
@@ -380,13 +360,13 @@ def tune(base: RunConfig, trials: int, storage: str | None = None, study_name: s
                 write_text(run_dir / "console.log", output.getvalue())
         trial.set_user_attr("data", summary.get("data"))
         trial.set_user_attr("data_fingerprint", summary.get("data_fingerprint"))
-        return float(summary[scenario.PRIMARY_METRIC])
+        return float(summary[objective_name])
 
     def after_trial(study: "optuna.Study", trial: "optuna.trial.FrozenTrial") -> None:
         complete = len(_complete(study))
         params = spaces.format_params(trial.params)
         if trial.state == optuna.trial.TrialState.COMPLETE:
-            console.print(f"[{study_name}] trial {trial.number}: {scenario.PRIMARY_METRIC} "
+            console.print(f"[{study_name}] trial {trial.number}: {objective_name} "
                           f"{trial.value:.2f}  ({params})  {complete}/{trials} complete",
                           highlight=False, markup=False)
         else:
@@ -429,11 +409,11 @@ def best_params(study: "optuna.Study", storage: str, sampler: str, budget: str,
     attrs = best.user_attrs
     if not attrs.get("data_fingerprint"):
         raise HundredError(f"trial {best.number} of {study.study_name} did not record its data")
-    scenario = scenario_module(base.track)
+    track = get_track(base.track)
     return BestParams(
         track=base.track, method=base.method, study=study.study_name, storage=redact(storage),
-        sampler=sampler, budget=budget, scenario=scenario_label(base),
-        objective=scenario.PRIMARY_METRIC, direction=study.direction.name.lower(),
+        sampler=sampler, budget=budget, scenario=track.scenario_label(base),
+        objective=track.primary.key, direction=study.direction.name.lower(),
         value=float(best.value), best_trial=best.number, best_run_dir=attrs.get("run_dir", ""),
         trials_complete=len(complete), trials_failed=len(failed), tuned_on=attrs["data"],
         tuning_data=TuningData(source=base.data.source, classes=base.data.classes,

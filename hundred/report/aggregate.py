@@ -15,7 +15,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from hundred.report.collect import TrackSpec, Warn, finite_number, spec_for
+from hundred.report.collect import ReportSpec, Warn, finite_number, spec_for
 
 # The fields that identify a row; ``seed`` is deliberately not among them.
 ROW_KEY = ("track", "data", "scenario", "protocol", "tuned_on", "method", "model", "memory")
@@ -66,7 +66,7 @@ class GroupRow:
     rank: int = 0
 
     @property
-    def spec(self) -> TrackSpec:
+    def spec(self) -> ReportSpec:
         return spec_for(self.track)
 
     @property
@@ -85,14 +85,14 @@ class GroupRow:
 
     @property
     def primary(self) -> Stat:
-        """The statistic that ranks this row (avg incremental accuracy, top-1, ...)."""
+        """The statistic that ranks this row (the track's primary metric)."""
         return self.metrics[self.spec.metrics[0].key]
 
     @property
     def tuned_params(self) -> str | None:
         """The tuned parameters behind the row, one line (``lr=0.1, epochs=3``); None for
         rows without any, ``differs between runs`` when its runs used different ones."""
-        from hundred.protocol.space import format_params
+        from hundred.space import format_params
 
         found = {json.dumps(run.get("tuned_params") or {}, sort_keys=True) for run in self.runs}
         if found == {"{}"}:
@@ -162,14 +162,15 @@ def aggregate(runs: Sequence[dict[str, Any]], warn: Warn | None = None) -> list[
     return rows
 
 
-def curve(row: GroupRow, key: str = "step_top1") -> tuple[list[int], np.ndarray, np.ndarray] | None:
-    """(classes seen, mean, std) of a per-task series over the row's seeds.
+def curve(row: GroupRow, key: str, steps: str) -> tuple[list[int], np.ndarray, np.ndarray] | None:
+    """(step x values, mean, std) of the per-step series ``key`` over the row's seeds; the x
+    values are the summaries' ``steps`` entry (e.g. the number of classes after each task).
 
-    None when a run lacks the series or the runs disagree on ``classes_per_step`` (averaging
-    step 3 of one schedule with step 3 of another would mix different numbers of classes).
+    None when a run lacks the series or the runs disagree on ``steps`` (averaging step 3 of
+    one schedule with step 3 of another would mix different things).
     ``std`` is all zeros for a single seed so the band simply vanishes.
     """
-    schedules = {tuple(run["classes_per_step"]) for run in row.runs}
+    schedules = {tuple(run[steps]) for run in row.runs}
     if len(schedules) != 1 or any(run.get(key) is None for run in row.runs):
         return None
     series = np.array([run[key] for run in row.runs], dtype=float)
@@ -177,9 +178,10 @@ def curve(row: GroupRow, key: str = "step_top1") -> tuple[list[int], np.ndarray,
     return list(schedules.pop()), series.mean(axis=0), std
 
 
-def mean_matrix(row: GroupRow, key: str = "accuracy_matrix") -> np.ndarray | None:
-    """The element-wise mean of the runs' accuracy matrices, NaN where no run has a value
-    (the upper triangle: tasks not yet seen). None when any run lacks a matrix or shapes differ."""
+def mean_matrix(row: GroupRow, key: str) -> np.ndarray | None:
+    """The element-wise mean of the runs' step x step matrices ``key``, NaN where no run has a
+    value (the upper triangle: steps not yet reached). None when any run lacks the matrix or
+    the shapes differ."""
     matrices = [run.get(key) for run in row.runs]
     if any(m is None for m in matrices):
         return None

@@ -52,7 +52,7 @@ def write_report(paths: Iterable[str | os.PathLike], out: str | os.PathLike | No
 
     ``out`` defaults to a fresh ``reports/<timestamp>/`` in the current directory. Writes
     ``report.md`` (tables and figure links), ``index.html`` (self-contained page) and, for
-    class-incremental tables, ``accuracy_curve_*.png`` and ``accuracy_matrix_*.png``. Bad
+    tracks with per-step results, a curve and matrices as PNG (``Track.report.steps``). Bad
     paths raise HundredError; malformed summaries are skipped, reported through ``warn`` and
     listed in both report files.
     """

@@ -12,11 +12,11 @@ import json
 import math
 import os
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from hundred.errors import HundredError
+from hundred.track import ACCURACY_REPORT, ReportSpec, StepSeries
 
 SUMMARY_NAME = "summary.json"
 DEFAULT_PROTOCOL = "conventional"
@@ -30,50 +30,15 @@ def print_warning(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
 
 
-@dataclass(frozen=True)
-class Metric:
-    """One reported metric: the summary key, its column label, and which way is better."""
+def spec_for(track: str) -> ReportSpec:
+    """The report spec the track declares (``Track.report``); validation accuracy for a
+    summary whose track is not installed here."""
+    from hundred.registry import get_track
 
-    key: str
-    label: str
-    higher_is_better: bool = True
-
-
-@dataclass(frozen=True)
-class TrackSpec:
-    """What a report needs from a track's summaries and which columns its tables show.
-
-    ``metrics[0]`` ranks the methods. ``required`` metrics must be finite numbers in every
-    summary; the others may be null or absent. ``always_shown`` descriptor columns appear
-    even when every row has the same value (the others appear only when they differ).
-    """
-
-    metrics: tuple[Metric, ...]
-    required: tuple[str, ...]
-    always_shown: tuple[str, ...]
-
-
-INCREMENTAL = TrackSpec(
-    metrics=(Metric("avg_incremental_accuracy", "avg incremental acc"),
-             Metric("last_accuracy", "last acc"),
-             Metric("avg_forgetting", "avg forgetting", higher_is_better=False),
-             Metric("nme_avg_incremental_accuracy", "NME avg incremental acc")),
-    required=("avg_incremental_accuracy", "last_accuracy"),
-    always_shown=("protocol",),
-)
-# Every other track (classify and, until they declare their own, the later ones) reports
-# validation accuracy.
-DEFAULT = TrackSpec(
-    metrics=(Metric("val_top1", "top-1"), Metric("val_top5", "top-5")),
-    required=("val_top1",),
-    always_shown=("model",),
-)
-TRACK_SPECS: dict[str, TrackSpec] = {"incremental": INCREMENTAL}
-
-
-def spec_for(track: str) -> TrackSpec:
-    """The :class:`TrackSpec` of ``track`` (the accuracy default for tracks without one)."""
-    return TRACK_SPECS.get(track, DEFAULT)
+    try:
+        return get_track(track).report
+    except HundredError:
+        return ACCURACY_REPORT
 
 
 def find_summaries(path: str | os.PathLike) -> list[Path]:
@@ -119,22 +84,21 @@ def _check_text(summary: dict[str, Any], key: str, optional: bool = False) -> No
         raise ValueError(f"{key!r} must be a non-empty string, got {value!r}")
 
 
-def _check_incremental(summary: dict[str, Any]) -> None:
-    """The per-task curves and matrices the incremental plots read."""
-    _check_text(summary, "scenario")
-    classes = summary.get("classes_per_step")
+def _check_steps(summary: dict[str, Any], steps: StepSeries) -> None:
+    """The per-step series and matrices the track's plots read: one value per step."""
+    classes = summary.get(steps.steps)
     if not isinstance(classes, list) or not classes or not all(
             isinstance(c, int) and not isinstance(c, bool) for c in classes):
-        raise ValueError("'classes_per_step' must be a non-empty list of integers")
-    for key in ("step_top1", "nme_step_top1"):
-        if key == "nme_step_top1" and summary.get(key) is None:
+        raise ValueError(f"{steps.steps!r} must be a non-empty list of integers")
+    for key in (steps.curve, *steps.optional_curves):
+        if key != steps.curve and summary.get(key) is None:
             continue
-        steps = _numbers(summary.get(key), allow_null=False)
-        if steps is None or len(steps) != len(classes):
+        values = _numbers(summary.get(key), allow_null=False)
+        if values is None or len(values) != len(classes):
             raise ValueError(f"{key!r} must be a list of {len(classes)} numbers "
-                             "(one per entry of 'classes_per_step')")
-    for key in ("accuracy_matrix", "nme_accuracy_matrix"):
-        matrix = summary.get(key)
+                             f"(one per entry of {steps.steps!r})")
+    for key in (steps.matrix, *steps.optional_matrices):
+        matrix = summary.get(key) if key else None
         if matrix is None:
             continue
         rows = matrix if isinstance(matrix, list) else []
@@ -172,8 +136,8 @@ def validate_summary(summary: Any) -> dict[str, Any]:
         value = summary.get(metric.key)
         if value is not None and finite_number(value) is None:
             raise ValueError(f"metric {metric.key!r} must be a finite number or null, got {value!r}")
-    if summary["track"] == "incremental":
-        _check_incremental(summary)
+    if spec.steps is not None:
+        _check_steps(summary, spec.steps)
     normal = dict(summary)
     normal["protocol"] = summary.get("protocol") or DEFAULT_PROTOCOL
     if summary.get("phase") == "tuning" and not normal["protocol"].endswith(TUNING_SUFFIX):

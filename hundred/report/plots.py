@@ -1,4 +1,5 @@
-"""PNG figures for class-incremental leaderboards: accuracy curves and accuracy matrices.
+"""PNG figures for leaderboards of tracks with per-step results (``ReportSpec.steps``): a
+curve over the steps with a ± std band, and a heatmap of the step x step matrix per row.
 
 Figures are drawn on a bare :class:`~matplotlib.figure.Figure` with an explicit Agg canvas
 instead of through ``pyplot``: no global backend is switched (a notebook that imports
@@ -22,6 +23,7 @@ from hundred.io import atomic_open
 from hundred.report.aggregate import GroupRow, curve, mean_matrix
 from hundred.report.collect import Warn, print_warning
 from hundred.report.tables import Table
+from hundred.track import StepSeries
 
 DPI = 150
 MAX_ANNOTATED_TASKS = 20  # beyond this, numbers in the heatmap cells become unreadable
@@ -68,9 +70,11 @@ def _free_name(out: Path, stem: str, taken: set[str]) -> Path:
     return out / name
 
 
-def accuracy_curve(rows: Sequence[GroupRow], path: Path, warn: Warn = print_warning) -> Path | None:
-    """Top-1 on all seen classes vs number of classes, one line per row (mean over seeds,
-    shaded ± std band), best-ranked first in the legend. None when no row has a curve."""
+def step_curve(rows: Sequence[GroupRow], steps: StepSeries, path: Path,
+               warn: Warn = print_warning) -> Path | None:
+    """The per-step curve (e.g. top-1 on all seen classes vs the number of classes), one line
+    per row (mean over seeds, shaded ± std band), best-ranked first in the legend. None when
+    no row has a curve."""
     # many methods would cover the curves: widen the figure and put the legend beside the axes
     outside = len(rows) > 6
     figure = Figure(figsize=(8.8 if outside else 7.0, 4.6), layout="constrained")
@@ -80,10 +84,10 @@ def accuracy_curve(rows: Sequence[GroupRow], path: Path, warn: Warn = print_warn
     protocols = list(dict.fromkeys(row.protocol_label for row in rows))
     drawn = 0
     for row in rows:
-        series = curve(row)
+        series = curve(row, steps.curve, steps.steps)
         if series is None:
-            warn(f"no accuracy curve for {row.method} on {row.data} {row.scenario}: its runs "
-                 "disagree on classes_per_step")
+            warn(f"no {steps.curve} curve for {row.method} on {row.data} {row.scenario or ''}: "
+                 f"its runs disagree on {steps.steps}")
             continue
         classes, mean, std = series
         index = methods.index(row.method)
@@ -96,12 +100,12 @@ def accuracy_curve(rows: Sequence[GroupRow], path: Path, warn: Warn = print_warn
     if not drawn:
         return None
     first = rows[0]
-    ax.set_title(f"{first.scenario} on {first.data}", fontsize=13)
-    ax.set_xlabel("number of classes")
-    ax.set_ylabel("top-1 accuracy on seen classes (%)")
-    steps = sorted({c for row in rows for c in row.runs[0]["classes_per_step"]})
-    if len(steps) <= 12:  # one tick per task; more would overlap (the default locator then)
-        ax.set_xticks(steps)
+    ax.set_title(_setting(first), fontsize=13)
+    ax.set_xlabel(steps.steps_label)
+    ax.set_ylabel(steps.curve_label)
+    ticks = sorted({c for row in rows for c in row.runs[0][steps.steps]})
+    if len(ticks) <= 12:  # one tick per step; more would overlap (the default locator then)
+        ax.set_xticks(ticks)
     ax.grid(True, alpha=0.3)
     caption = "mean ± std over seeds" + (f", {protocols[0]}" if len(protocols) == 1 else "")
     ax.legend(title=caption, fontsize=8, title_fontsize=8, loc="upper left" if outside else "best",
@@ -109,10 +113,17 @@ def accuracy_curve(rows: Sequence[GroupRow], path: Path, warn: Warn = print_warn
     return _save(figure, path)
 
 
-def accuracy_matrix(row: GroupRow, path: Path, label: str | None = None) -> Path | None:
-    """Heatmap of the mean accuracy matrix a[t][j] (top-1 on task j's classes after task t),
-    lower triangle only, on a fixed 0-100 scale so heatmaps of different methods compare."""
-    matrix = mean_matrix(row)
+def _setting(row: GroupRow) -> str:
+    """``B0-Inc10 on synth100`` (the scenario when the track has one, then the data)."""
+    return f"{row.scenario} on {row.data}" if row.scenario else row.data
+
+
+def step_matrix(row: GroupRow, steps: StepSeries, path: Path, label: str | None = None
+                ) -> Path | None:
+    """Heatmap of the mean step x step matrix a[t][j] (e.g. top-1 on task j's classes after
+    task t), lower triangle only, on a fixed 0-100 scale so heatmaps of methods compare."""
+    assert steps.matrix is not None
+    matrix = mean_matrix(row, steps.matrix)
     if matrix is None:
         return None
     tasks = matrix.shape[0]
@@ -141,34 +152,40 @@ def accuracy_matrix(row: GroupRow, path: Path, label: str | None = None) -> Path
         for axis in (ax.xaxis, ax.yaxis):
             axis.set_major_locator(MaxNLocator(integer=True))
             axis.set_major_formatter(lambda value, _: f"{int(value) + 1}")
-    ax.set_xlabel("evaluated on the classes of task")
-    ax.set_ylabel("after training task")
+    ax.set_xlabel(steps.matrix_column_label)
+    ax.set_ylabel(steps.matrix_row_label)
     seeds, label = len(row.runs), label or row.method
     protocol = "" if row.protocol in label else f", {row.protocol_label}"  # said once is enough
-    ax.set_title(f"{label}: {row.scenario} on {row.data}\n"
+    ax.set_title(f"{label}: {_setting(row)}\n"
                  f"top-1 (%), mean of {seeds} seed{'s' * (seeds != 1)}{protocol}", fontsize=11)
     figure.colorbar(image, ax=ax, shrink=0.85, label="top-1 accuracy (%)")
     return _save(figure, path)
 
 
 def plot_table(table: Table, out: Path, taken: set[str], warn: Warn = print_warning) -> list[Plot]:
-    """The figures of one leaderboard (incremental tables only; others have no per-task data).
+    """The figures of one leaderboard: its track's per-step curve and matrices (none for a
+    track without per-step results).
 
     ``taken`` holds the file names already used in ``out`` so sanitised names never collide."""
     rows = table.rows
-    if table.track != "incremental":
+    steps = rows[0].spec.steps
+    if steps is None:
         return []
-    group = slug(f"{rows[0].data}_{rows[0].scenario}")
+    group = slug(f"{rows[0].data}_{rows[0].scenario}" if rows[0].scenario else rows[0].data)
+    curve_name, matrix_name = steps.figure_names
     plots: list[Plot] = []
-    path = accuracy_curve(rows, _free_name(out, f"accuracy_curve_{group}", taken), warn)
+    path = step_curve(rows, steps, _free_name(out, f"{curve_name}_{group}", taken), warn)
     if path is not None:
-        plots.append(Plot(path, f"Top-1 accuracy on all seen classes after each task, "
-                                f"{rows[0].scenario} on {rows[0].data}."))
+        plots.append(Plot(path, f"{steps.curve_label} vs {steps.steps_label}, "
+                                f"{_setting(rows[0])} (mean ± std over seeds)."))
+    if steps.matrix is None:
+        return plots
     for row in rows:
         label = row_label(row, rows)
-        path = accuracy_matrix(row, _free_name(out, f"accuracy_matrix_{group}_{slug(label)}", taken),
-                               label)
+        path = step_matrix(row, steps, _free_name(out, f"{matrix_name}_{group}_{slug(label)}",
+                                                  taken), label)
         if path is not None:
-            plots.append(Plot(path, f"Accuracy matrix of {label}: row t, column j is top-1 on "
-                                    f"task j's classes after training task t."))
+            plots.append(Plot(path, f"{matrix_name.replace('_', ' ').capitalize()} of {label}: "
+                                    f"row t ({steps.matrix_row_label} t), column j "
+                                    f"({steps.matrix_column_label} j)."))
     return plots

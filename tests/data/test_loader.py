@@ -242,3 +242,117 @@ def test_cuda_batches(arrays, resident: bool) -> None:
     assert batches[0][0].device.type == "cuda" and batches[0][1].device.type == "cuda"
     cpu_labels = [labels for _, labels in BatchLoader(arrays, 16, seed=2)]
     assert all(torch.equal(a[1].cpu(), b) for a, b in zip(batches, cpu_labels))
+
+
+# --------------------------------------------------------------------------- multiple views
+
+
+ViewBatches = list[tuple[list[torch.Tensor], torch.Tensor]]
+
+
+def _collect_views(loader: BatchLoader) -> ViewBatches:
+    batches = []
+    for views, labels in loader:
+        assert isinstance(views, list) and len(views) == loader.num_views
+        batches.append(([view.clone() for view in views], labels.clone()))
+    return batches
+
+
+def _same_views(a: ViewBatches, b: ViewBatches) -> bool:
+    return len(a) == len(b) and all(
+        len(x) == len(y) and all(torch.equal(u, v) for u, v in zip(x, y)) and torch.equal(i, j)
+        for (x, i), (y, j) in zip(a, b)
+    )
+
+
+@pytest.mark.parametrize("resident", [True, False])
+def test_two_views_differ_and_view_zero_is_the_single_view_batch(arrays, resident: bool) -> None:
+    kwargs = dict(seed=7, augment="crop-flip", resident=resident)
+    single = _collect(BatchLoader(arrays, 16, **kwargs))
+    loader = BatchLoader(arrays, 16, views=2, **kwargs)
+    assert loader.num_views == 2 and "2 views" in repr(loader)
+    multi = _collect_views(loader)
+    assert len(multi) == len(single) == len(loader)
+    for (views, labels), (images, single_labels) in zip(multi, single):
+        assert torch.equal(labels, single_labels)  # same samples, same order
+        assert all(view.shape == images.shape and view.dtype == torch.float32 for view in views)
+        assert torch.equal(views[0], images)
+        assert not torch.equal(views[0], views[1])  # independent draws
+
+
+def test_single_view_is_unchanged(arrays) -> None:
+    loader = BatchLoader(arrays, 16, seed=7, augment="crop-flip", views=1)
+    assert loader.num_views == 1 and "views" not in repr(loader)
+    images, _ = next(iter(loader))
+    assert isinstance(images, torch.Tensor)
+    assert torch.equal(images, next(iter(BatchLoader(arrays, 16, seed=7, augment="crop-flip")))[0])
+
+
+def test_views_are_a_function_of_seed_and_epoch(arrays) -> None:
+    def make(epoch: int = 0) -> BatchLoader:
+        return BatchLoader(
+            arrays, 8, indices=range(32), seed=3, augment="rrc-flip-jitter", out_size=10, views=3,
+            epoch=epoch,
+        )
+
+    first = _collect_views(make())
+    assert _same_views(first, _collect_views(make()))
+    assert all(not torch.equal(first[0][0][0], first[0][0][k]) for k in (1, 2))
+    other_epoch = _collect_views(make(epoch=1))
+    assert all(not torch.equal(a, b) for a, b in zip(first[0][0], other_epoch[0][0]))
+
+
+@pytest.mark.parametrize("resident", [True, False])
+def test_resume_mid_epoch_reproduces_the_remaining_views(arrays, resident: bool) -> None:
+    def make() -> BatchLoader:
+        return BatchLoader(
+            arrays, 8, seed=11, augment="rrc-flip", out_size=10, views=2, resident=resident
+        )
+
+    reference = make()
+    reference.set_epoch(1)
+    full = _collect_views(reference)
+
+    interrupted = make()
+    interrupted.set_epoch(1)
+    for step, _ in enumerate(interrupted):
+        if step == 3:
+            break
+    state = interrupted.state_dict()
+    assert (state["epoch"], state["batch"]) == (1, 4)
+
+    resumed = make()
+    resumed.load_state_dict(state)
+    resumed.set_epoch(1)
+    assert _same_views(_collect_views(resumed), full[4:])
+
+
+def test_view_augments_build_each_view_with_its_own_spec(numbered) -> None:
+    images, _ = numbered
+    loader = BatchLoader(numbered, 10, seed=2, view_augments=["none", "crop-flip"])
+    assert loader.num_views == 2
+    single = BatchLoader(numbered, 10, seed=2, augment="crop-flip", views=2)
+    normalise = build_augment("none", SIZE)
+    for (views, labels), (crop_views, crop_labels) in zip(loader, single):
+        assert torch.equal(labels, crop_labels)
+        assert torch.equal(views[0], normalise(torch.from_numpy(images[labels.numpy()])))  # "none"
+        assert torch.equal(views[1], crop_views[1])  # "crop-flip" with view 1's seed
+        assert not torch.equal(views[0], views[1])
+    assert BatchLoader(numbered, 10, views=2, view_augments=["none", "flip"]).num_views == 2
+
+
+def test_bad_view_arguments_are_clear(arrays) -> None:
+    with pytest.raises(HundredError, match="views"):
+        BatchLoader(arrays, 4, views=0)
+    with pytest.raises(HundredError, match="does not match"):
+        BatchLoader(arrays, 4, views=3, view_augments=["none", "crop-flip"])
+    with pytest.raises(HundredError, match="one spec per view"):
+        BatchLoader(arrays, 4, view_augments="crop-flip")
+    with pytest.raises(HundredError, match="not both"):
+        BatchLoader(arrays, 4, augment="flip", view_augments=["none", "crop-flip"])
+
+
+def test_evaluation_views_are_identical(arrays) -> None:
+    loader = BatchLoader(arrays, 16, augment="rrc-flip", train=False, views=2)
+    for views, _ in loader:
+        assert torch.equal(views[0], views[1])

@@ -16,7 +16,7 @@ from hundred.config import build_config
 from hundred.engine.trainer import build_optimizer, lr_factor
 from hundred.errors import HundredError
 from hundred.models import create
-from hundred.tracks.classify import scenario
+from hundred.tracks.classify import TRACK
 from hundred.tracks.classify.methods.erm import ERM
 
 TINY = ["track=classify", "method=erm", "model.name=convnet_d3", "train.device=cpu",
@@ -38,12 +38,12 @@ def test_erm_clearly_beats_chance_on_digits(tmp_path):
         "track=classify", "method=erm", "model.name=convnet_d3", "train.device=cpu",
         "data.source=digits", "data.options={res: 16}", "data.batch_size=64",
         "data.augment=flip", "train.epochs=4", "quiet=true", "optim.lr=0.1", f"root={tmp_path}"])
-    summary = scenario.run(config)
+    summary = TRACK.run(config)
     assert summary["val_top1"] > 85  # chance is 10 %
 
 
 def test_run_directory_holds_everything(tmp_path):
-    summary = scenario.run(tiny(tmp_path, "name=first"))
+    summary = TRACK.run(tiny(tmp_path, "name=first"))
     run_dir = Path(summary["run_dir"])
     assert run_dir == tmp_path / "classify" / "erm" / "first"
     for name in ("config.yaml", "env.json", "metrics.jsonl", "summary.json"):
@@ -54,11 +54,11 @@ def test_run_directory_holds_everything(tmp_path):
     env = json.loads((run_dir / "env.json").read_text())
     assert env["torch"] == torch.__version__ and env["seed"] == 0
     with pytest.raises(HundredError, match="exists"):
-        scenario.run(tiny(tmp_path, "name=first"))
+        TRACK.run(tiny(tmp_path, "name=first"))
 
 
 def test_interrupted_run_resumes_bit_identical(tmp_path, monkeypatch):
-    reference = scenario.run(tiny(tmp_path, "name=reference"))
+    reference = TRACK.run(tiny(tmp_path, "name=reference"))
 
     class Killed(Exception):
         pass
@@ -69,11 +69,11 @@ def test_interrupted_run_resumes_bit_identical(tmp_path, monkeypatch):
 
     monkeypatch.setattr(ERM, "on_epoch_start", die_at_epoch_2)
     with pytest.raises(Killed):
-        scenario.run(tiny(tmp_path, "name=killed"))
+        TRACK.run(tiny(tmp_path, "name=killed"))
     monkeypatch.undo()
     killed_dir = tmp_path / "classify" / "erm" / "killed"
     assert json.loads((killed_dir / "checkpoints" / "latest.json").read_text())["epoch"] == 1
-    resumed = scenario.run(tiny(tmp_path, "name=killed"), resume_dir=killed_dir)
+    resumed = TRACK.run(tiny(tmp_path, "name=killed"), resume_dir=killed_dir)
 
     for key in ("val_top1", "val_top5", "val_loss"):
         assert resumed[key] == reference[key]
@@ -127,7 +127,7 @@ def test_nan_loss_stops_with_the_step(tmp_path, monkeypatch):
 
     monkeypatch.setattr(ERM, "loss", poisoned)
     with pytest.raises(HundredError, match="step 3"):
-        scenario.run(tiny(tmp_path))
+        TRACK.run(tiny(tmp_path))
 
 
 def test_schedules():
@@ -150,7 +150,7 @@ def test_no_weight_decay_on_norms_and_biases():
 
 
 def test_ema_and_label_smoothing_run(tmp_path):
-    summary = scenario.run(tiny(tmp_path, "train.ema_decay=0.9", "train.label_smoothing=0.1",
+    summary = TRACK.run(tiny(tmp_path, "train.ema_decay=0.9", "train.label_smoothing=0.1",
                                 "train.epochs=1"))
     assert 0 <= summary["val_top1"] <= 100
     weights = final_weights(Path(summary["run_dir"]))
@@ -159,7 +159,7 @@ def test_ema_and_label_smoothing_run(tmp_path):
 
 def test_model_input_size_can_differ_from_the_data_resolution(tmp_path):
     """Pack a margin (20 px), train and evaluate on 16 px crops: the usual ImageNet recipe."""
-    summary = scenario.run(tiny(tmp_path, "train.epochs=1", "data.image_size=16",
+    summary = TRACK.run(tiny(tmp_path, "train.epochs=1", "data.image_size=16",
                                 "data.augment=rrc-flip",
                                 "data.options={classes: 4, train_per_class: 24, val_per_class: 6, res: 20}"))
     assert 0 <= summary["val_top1"] <= 100

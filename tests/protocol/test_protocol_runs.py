@@ -21,7 +21,10 @@ import yaml
 
 from hundred.cli import main
 from hundred.protocol.check import check
+from hundred.registry import get_method, get_track
 from hundred.tracks.incremental import scenario
+
+WA = get_method("incremental", "wa")
 
 TUNE, EVAL, SCENARIO = "synth100[0-9]", "synth100[10-19]", "B0-Inc5"
 OPTIONS = "data.options={classes: 20, train_per_class: 10, val_per_class: 5, res: 8}"
@@ -58,9 +61,10 @@ def checked(tmp_path_factory, space_file):
     torch.set_num_threads(1)
     try:
         with contextlib.redirect_stdout(printed):
-            result = check("incremental", ["finetune", "wa"], TUNE, EVAL, SCENARIO, trials=2,
-                           seeds=2, out=out, overrides=[OPTIONS, "train.device=cpu"],
-                           space_file=space_file)
+            result = check(get_track("incremental"), ["finetune", "wa"], TUNE, EVAL, trials=2,
+                           seeds=2, out=out, space_file=space_file,
+                           overrides=[OPTIONS, "train.device=cpu",
+                                      f"incremental.scenario={SCENARIO}"])
     finally:
         patch.undo()
         torch.set_num_threads(threads)
@@ -199,8 +203,9 @@ def test_two_workers_on_one_sqlite_study_both_add_trials(tmp_path, space_file):
 def tiny_base(root: Path, *extra: str):
     from hundred.protocol.tune import base_config
 
-    return base_config("incremental", "wa", TUNE, SCENARIO, "quick",
-                       overrides=[OPTIONS, "train.device=cpu", *extra], root=str(root))
+    track = get_track("incremental")
+    return base_config(track, WA, TUNE, "quick", root=str(root), overrides=[
+        OPTIONS, "train.device=cpu", f"incremental.scenario={SCENARIO}", *extra])
 
 
 def test_tpe_study_refuses_other_settings_and_failures_are_recorded(tmp_path, space_file):
@@ -210,19 +215,19 @@ def test_tpe_study_refuses_other_settings_and_failures_are_recorded(tmp_path, sp
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        result = tune(tiny_base(tmp_path), 2, sampler="tpe", study_name="s", space_file=space_file)
+        result = tune(tiny_base(tmp_path), WA, 2, sampler="tpe", study_name="s", space_file=space_file)
         assert result.best.trials_complete == 2 and result.best.sampler == "tpe"
         assert result.best_path.is_file()
         with pytest.raises(HundredError, match="different space"):
-            tune(tiny_base(tmp_path), 3, study_name="s")  # the quick grid, not space_file
+            tune(tiny_base(tmp_path), WA, 3, study_name="s")  # the quick grid, not space_file
         with pytest.raises(HundredError, match="different fixed settings"):
-            tune(tiny_base(tmp_path, "incremental.memory=50"), 3, study_name="s",
+            tune(tiny_base(tmp_path, "incremental.memory=50"), WA, 3, study_name="s",
                  space_file=space_file)
         # every candidate fails (a batch larger than a task's 50 images): FAIL, then a stop
         impossible = tmp_path / "impossible.yaml"
         impossible.write_text("train.epochs: [1]\ndata.batch_size: [64, 128]\n")
         with pytest.raises(HundredError, match="trials failed"):
-            tune(tiny_base(tmp_path), 2, study_name="bad", space_file=impossible, max_failures=2)
+            tune(tiny_base(tmp_path), WA, 2, study_name="bad", space_file=impossible, max_failures=2)
     finally:
         torch.set_num_threads(threads)
     failed = load(tmp_path, "bad").trials

@@ -7,22 +7,21 @@ from typing import Any
 
 from hundred.config import RunConfig
 from hundred.engine.distributed import shutdown
+from hundred.engine.method import Method
 from hundred.engine.run import (eval_loader, finish_run, image_size, load_data, start_run,
                                 train_loader)
 from hundred.engine.trainer import Trainer
 from hundred.models import create
-from hundred.registry import get_method
 
 
-def run(config: RunConfig, resume_dir: Path | None = None) -> dict[str, Any]:
-    """Train ``config.method`` on ``config.data``; returns the summary written to the run dir."""
-    method = get_method("classify", config.method)(config.method_params, config)
+def run(config: RunConfig, method: Method, resume_dir: Path | None = None) -> dict[str, Any]:
+    """Train with ``method`` on ``config.data``; returns the summary written to the run dir."""
     ctx = start_run(config, resume_dir)
     try:
         dataset = load_data(config)
         model = create(config.model.name, dataset.num_classes, head=config.model.head,
                        img_size=image_size(config, dataset), **config.model.options)
-        trainer = Trainer(config, model, method, train_loader(ctx, dataset),
+        trainer = Trainer(config, model, method, train_loader(ctx, dataset, views=method.views),
                           eval_loader(ctx, dataset) if ctx.dist.is_main else None,
                           ctx.device, ctx.run_dir, ctx.dist, ctx.console)
         if ctx.resumed and trainer.resume():
@@ -34,7 +33,7 @@ def run(config: RunConfig, resume_dir: Path | None = None) -> dict[str, Any]:
             "train_seconds": round(result.train_seconds, 2),
             "images_per_s": round(result.images_per_second, 1),
         }
-        return finish_run(ctx, summary, title=f"classify/{config.method} on {dataset.name}",
+        return finish_run(ctx, summary, title=f"{config.track}/{config.method} on {dataset.name}",
                           dataset=dataset)
     finally:
         shutdown(ctx.dist)

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from safetensors.torch import save as save_safetensors
 
-from hundred.config import IncrementalConfig, RunConfig, with_values
+from hundred.config import RunConfig, with_values
 from hundred.data import ArraySplit, Dataset
 from hundred.engine.checkpoint import load_weights
 from hundred.engine.distributed import shutdown
@@ -37,16 +37,10 @@ from hundred.engine.trainer import Trainer
 from hundred.errors import HundredError
 from hundred.io import atomic_open, write_json
 from hundred.models import Classifier, create
-from hundred.registry import get_method
+from hundred.tracks.incremental.config import IncrementalConfig
 from hundred.tracks.incremental.memory import ExemplarMemory
 from hundred.tracks.incremental.method import IncrementalMethod, Task
 from hundred.tracks.incremental.metrics import matrix_to_json, summarise
-
-
-# The track's primary metric: what a leaderboard ranks by and what tuning maximises
-# (``hundred tune``; Cha & Cho, TMLR 2025, tune and report average incremental accuracy).
-PRIMARY_METRIC = "avg_incremental_accuracy"
-PRIMARY_DIRECTION = "maximize"
 
 
 def task_sizes(scenario: str, num_classes: int) -> list[int]:
@@ -229,7 +223,7 @@ class IncrementalRun:
         if ctx.dist.is_main:
             task_dir.mkdir(parents=True, exist_ok=True)
         loader = train_loader(ctx, self.dataset, indices=self.training_indices(task),
-                              seed_offset=task.index)
+                              seed_offset=task.index, views=method.views)
         trainer = Trainer(task_config(self.config, task), model, method, loader, None,
                           ctx.device, task_dir, ctx.dist, ctx.console)
         trainer.resume()
@@ -338,9 +332,9 @@ class IncrementalRun:
         return summary
 
 
-def run(config: RunConfig, resume_dir: Path | None = None) -> dict[str, Any]:
-    """Run ``config.method`` through the class-incremental scenario; returns the summary."""
-    method = get_method("incremental", config.method)(config.method_params, config)
+def run(config: RunConfig, method: IncrementalMethod, resume_dir: Path | None = None
+        ) -> dict[str, Any]:
+    """Run ``method`` through the class-incremental scenario; returns the summary."""
     ctx = start_run(config, resume_dir)
     try:
         dataset = load_data(config)

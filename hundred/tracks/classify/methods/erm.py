@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from hundred.engine.method import Method
-from hundred.engine.trainer import cross_entropy
+from hundred.engine.losses import cross_entropy
 from hundred.registry import register
 
 

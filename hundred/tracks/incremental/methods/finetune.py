@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from hundred.engine.trainer import cross_entropy
+from hundred.engine.losses import cross_entropy
 from hundred.registry import register
 from hundred.tracks.incremental.method import IncrementalMethod
 

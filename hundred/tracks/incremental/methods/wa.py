@@ -21,8 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from hundred.engine.losses import distillation_loss
-from hundred.engine.trainer import cross_entropy
-from hundred.protocol.space import Choice
+from hundred.engine.losses import cross_entropy
+from hundred.space import Choice
 from hundred.registry import register
 from hundred.tracks.incremental.method import IncrementalMethod, Task
 

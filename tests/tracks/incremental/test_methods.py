@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from hundred.config import build_config
-from hundred.tracks.incremental import scenario
+from hundred.tracks.incremental import TRACK
 from hundred.tracks.incremental.methods.wa import WA
 
 BASE = ["track=incremental", "train.device=cpu", "quiet=true", "data.source=digits",
@@ -24,7 +24,7 @@ def config(tmp_path, method, *extra):
 @pytest.fixture(scope="module")
 def summaries(tmp_path_factory):
     root = tmp_path_factory.mktemp("incremental")
-    return {m: scenario.run(config(root, m)) for m in ("finetune", "replay", "icarl", "wa", "joint")}
+    return {m: TRACK.run(config(root, m)) for m in ("finetune", "replay", "icarl", "wa", "joint")}
 
 
 def test_finetune_forgets_while_memory_methods_keep_old_classes(summaries):
@@ -59,7 +59,7 @@ def test_wa_clips_weights_and_logs_alignment(summaries):
 
 
 def test_wa_without_clipping_is_switchable_and_logged(tmp_path):
-    summary = scenario.run(config(tmp_path, "wa", "method_params={weight_clipping: false}",
+    summary = TRACK.run(config(tmp_path, "wa", "method_params={weight_clipping: false}",
                                   "train.epochs=1", "incremental.first_task_epochs=2"))
     assert summary["method_logs"][1]["weight_clipping"] is False
     tasks = Path(summary["run_dir"]) / "tasks"
@@ -69,7 +69,7 @@ def test_wa_without_clipping_is_switchable_and_logged(tmp_path):
 
 
 def test_resume_mid_task_ends_equal(tmp_path, monkeypatch):
-    reference = scenario.run(config(tmp_path, "wa", "name=ref", "train.epochs=2"))
+    reference = TRACK.run(config(tmp_path, "wa", "name=ref", "train.epochs=2"))
 
     class Killed(Exception):
         pass
@@ -80,12 +80,12 @@ def test_resume_mid_task_ends_equal(tmp_path, monkeypatch):
 
     monkeypatch.setattr(WA, "on_epoch_start", die)
     with pytest.raises(Killed):
-        scenario.run(config(tmp_path, "wa", "name=cut", "train.epochs=2"))
+        TRACK.run(config(tmp_path, "wa", "name=cut", "train.epochs=2"))
     monkeypatch.undo()
     cut = tmp_path / "incremental" / "wa" / "cut"
     assert (cut / "tasks" / "task-00" / "done.json").is_file()
     assert not (cut / "tasks" / "task-01" / "done.json").exists()
-    resumed = scenario.run(build_config([cut / "config.yaml"]), resume_dir=cut)
+    resumed = TRACK.run(build_config([cut / "config.yaml"]), resume_dir=cut)
     for key in ("step_top1", "accuracy_matrix", "nme_step_top1", "avg_forgetting"):
         assert resumed[key] == reference[key], key
     a = load_file(Path(reference["run_dir"]) / "tasks/task-01/final.safetensors")

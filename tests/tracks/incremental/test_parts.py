@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from hundred.config import IncrementalConfig, build_config
+from hundred.config import build_config
 from hundred.errors import HundredError
 from hundred.models.heads import CosineHead, LinearHead
+from hundred.tracks.incremental.config import IncrementalConfig
 from hundred.tracks.incremental.memory import ExemplarMemory, herding_order
 from hundred.tracks.incremental.metrics import (average_forgetting, average_incremental_accuracy,
                                                 backward_transfer)

@@ -1,0 +1,198 @@
+"""The track contract: what a track declares so that the core never has to name it.
+
+A track is one folder, ``hundred/tracks/<name>/`` (or any package named in the
+``HUNDRED_TRACKS`` environment variable), whose ``__init__.py`` exports ``TRACK``, a
+:class:`Track`. The core asks that object for everything track-specific:
+
+* ``section`` — the track's own config section (a pydantic model, e.g. ``incremental:``),
+  validated with the rest of the run config (:func:`hundred.config.config_class`);
+* ``method_base`` — the base class its methods subclass (``"module:Class"``);
+* ``runner`` — ``run(config, method, resume_dir) -> summary``: the scenario that drives the
+  phases and calls the method's hooks (``"module:function"``);
+* ``report`` — the metrics (the first is the primary one: what a leaderboard ranks by and
+  what ``hundred tune`` optimises), the columns and the per-step plots of its reports;
+* ``shortcuts`` — CLI flags for its section (``--scenario`` -> ``incremental.scenario``);
+* what the tune-then-evaluate protocol needs: the config path naming the scenario, the keys
+  held fixed between tuning and evaluation, the default methods of ``hundred check``, and
+  base settings per tuning budget.
+
+Nothing here imports torch: the CLI and config validation read a track without loading it.
+Module paths in ``runner`` and ``method_base`` are resolved on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Mapping
+
+from pydantic import BaseModel
+
+from hundred.errors import HundredError
+
+if TYPE_CHECKING:
+    from hundred.config import RunConfig
+    from hundred.engine.method import Method
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One reported metric: the summary key, its column label, and which way is better."""
+
+    key: str
+    label: str
+    higher_is_better: bool = True
+
+
+@dataclass(frozen=True)
+class StepSeries:
+    """Per-step results a track's summaries hold (e.g. one value after each task), which
+    reports validate and plot: a curve over the steps and a step x step matrix.
+
+    ``steps`` is the summary key of the x values (integers, one per step), ``curve`` the key
+    of the plotted series, ``matrix`` the key of the lower-triangular matrix (row t: after
+    step t; column j: measured on step j's part). ``optional_curves``/``optional_matrices``
+    are validated when present (null allowed) but not plotted. ``figure_names`` name the two
+    figures (file names and captions).
+    """
+
+    steps: str
+    steps_label: str
+    curve: str
+    curve_label: str
+    matrix: str | None = None
+    matrix_row_label: str = "after step"
+    matrix_column_label: str = "evaluated on step"
+    optional_curves: tuple[str, ...] = ()
+    optional_matrices: tuple[str, ...] = ()
+    figure_names: tuple[str, str] = ("curve", "matrix")
+
+
+@dataclass(frozen=True)
+class ReportSpec:
+    """What reports need from a track's summaries and which columns its tables show.
+
+    ``metrics[0]`` is the primary metric. ``required`` metrics must be finite numbers in every
+    summary; the others may be null or absent. ``always_shown`` descriptor columns appear
+    even when every row has the same value; ``terminal_hidden`` column labels are left out
+    of terminal tables (the report files keep them). ``steps`` declares per-step series.
+    """
+
+    metrics: tuple[Metric, ...]
+    required: tuple[str, ...]
+    always_shown: tuple[str, ...] = ()
+    terminal_hidden: tuple[str, ...] = ()
+    steps: StepSeries | None = None
+
+    def __post_init__(self) -> None:
+        if not self.metrics:
+            raise ValueError("a report spec needs at least one metric (the primary one)")
+
+    @property
+    def primary(self) -> Metric:
+        return self.metrics[0]
+
+
+# Validation accuracy: the report of plain classification, and of summaries whose track is
+# not installed here.
+ACCURACY_REPORT = ReportSpec(
+    metrics=(Metric("val_top1", "top-1"), Metric("val_top5", "top-5")),
+    required=("val_top1",), always_shown=("model",))
+
+
+@dataclass(frozen=True)
+class Shortcut:
+    """A command-line flag for one config key of the track: ``--<flag> VALUE`` sets ``key``."""
+
+    flag: str
+    key: str
+    type: Callable[[str], Any] = str
+    help: str = ""
+
+    @property
+    def dest(self) -> str:
+        return self.flag.replace("-", "_")
+
+
+def _resolve(path: str, package: str) -> Any:
+    """``"module:attr"`` (``module`` relative to ``package`` when it starts with a dot)."""
+    module, _, attr = path.partition(":")
+    return getattr(importlib.import_module(module, package), attr)
+
+
+@dataclass(frozen=True)
+class Track:
+    """Everything the core needs to know about one track (see the module docstring)."""
+
+    name: str
+    package: str
+    about: str
+    runner: str
+    method_base: str
+    report: ReportSpec
+    section: type[BaseModel] | None = None
+    shortcuts: tuple[Shortcut, ...] = ()
+    scenario_key: str | None = None
+    protocol_fixed: Mapping[str, str] = field(default_factory=dict)
+    check_methods: tuple[str, ...] = ()
+    budget_base: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        keys = [s.key for s in self.shortcuts] + list(self.protocol_fixed)
+        keys += [self.scenario_key] if self.scenario_key else []
+        for key in keys:
+            head = key.split(".")[0]
+            if self.section is None or head != self.name:
+                raise ValueError(f"track {self.name}: {key} is not in its own config section "
+                                 f"({self.name}.*)")
+
+    # -- what the protocol and reports ask ----------------------------------------------------
+    @property
+    def primary(self) -> Metric:
+        """The metric a leaderboard ranks by and ``hundred tune`` optimises."""
+        return self.report.primary
+
+    @property
+    def direction(self) -> str:
+        """``maximize`` or ``minimize`` (Optuna's words) for the primary metric."""
+        return "maximize" if self.primary.higher_is_better else "minimize"
+
+    def scenario_label(self, config: "RunConfig") -> str | None:
+        """The scenario a config runs (e.g. ``B0-Inc10``); None for tracks without one."""
+        if self.scenario_key is None:
+            return None
+        value: Any = config
+        for part in self.scenario_key.split("."):
+            value = getattr(value, part)
+        return None if value is None else str(value)
+
+    @property
+    def quick_preset(self) -> Path | None:
+        """``quick.yaml`` in the track's folder: the ``--quick`` budget, when it has one."""
+        module = importlib.import_module(self.package)
+        path = Path(module.__file__ or "").parent / "quick.yaml"
+        return path if path.is_file() else None
+
+    # -- methods and running ------------------------------------------------------------------
+    @property
+    def method_base_class(self) -> "type[Method]":
+        return _resolve(self.method_base, self.package)
+
+    def method_class(self, name: str) -> "type[Method]":
+        from hundred.registry import get_method
+
+        return get_method(self.name, name)
+
+    def run(self, config: "RunConfig", resume_dir: Path | None = None,
+            method: "Method | None" = None) -> dict[str, Any]:
+        """Run ``config`` through the track's scenario; returns the summary it wrote.
+
+        ``method`` is the validated method instance when the caller has built it already
+        (the CLI and the protocol do, to fail before anything runs)."""
+        if config.track != self.name:
+            raise HundredError(f"a {config.track} config cannot run on track {self.name}")
+        if method is None:
+            method = self.method_class(config.method)(config.method_params, config)
+        runner = _resolve(self.runner, self.package)
+        return runner(config, method, resume_dir)
