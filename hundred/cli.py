@@ -145,12 +145,12 @@ def _cmd_run(args: argparse.Namespace) -> None:
 
 
 def _cmd_list(args: argparse.Namespace) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     from hundred.data.sources import SOURCES
     from hundred.models import LOCAL_MODELS
     from hundred.registry import get_track, methods, tracks
+    from hundred.terminal import table_console
 
     table = Table(title="hundred", show_lines=False)
     table.add_column("kind")
@@ -169,7 +169,7 @@ def _cmd_list(args: argparse.Namespace) -> None:
         table.add_row("model", name, what)
     table.add_row("model", "<any timm name>", "e.g. resnet18, convnext_tiny (no pretrained "
                   "weights are downloaded)")
-    Console().print(table)
+    table_console().print(table)
 
 
 def _cmd_report(args: argparse.Namespace) -> None:
@@ -290,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     verify.set_defaults(func=_cmd_data_verify)
 
     run = commands.add_parser("run", help="train a method of a track")
-    run.add_argument("track", help="e.g. classify")
+    run.add_argument("track", help="a track (hundred list shows them)")
     run.add_argument("method", help="e.g. erm")
     run.add_argument("--data", help="source spec or packed directory (data.source)")
     run.add_argument("--model", help="local or timm model name (model.name)")
@@ -328,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     from hundred.protocol import (DEFAULT_EVAL_DATA, DEFAULT_SEEDS, DEFAULT_TRIALS,
                                   DEFAULT_TUNE_DATA)
 
-    tune.add_argument("track", help="e.g. classify")
+    tune.add_argument("track", help="a track (hundred list shows them)")
     tune.add_argument("method", help="e.g. erm")
     tune.add_argument("--data", default=DEFAULT_TUNE_DATA,
                       help=f"the tuning data (default {DEFAULT_TUNE_DATA}); {data_help}")
@@ -360,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("check", help="the whole tune-then-evaluate protocol for several "
                                 "methods: both leaderboards and a report")
-    check.add_argument("track", help="e.g. classify")
+    check.add_argument("track", help="a track (hundred list shows them)")
     check.add_argument("--methods", help="comma-separated (default: the track's baselines)")
     check.add_argument("--tune-data", default=DEFAULT_TUNE_DATA,
                        help=f"default {DEFAULT_TUNE_DATA}; {data_help}")

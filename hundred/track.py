@@ -4,14 +4,14 @@ A track is one folder, ``hundred/tracks/<name>/`` (or any package named in the
 ``HUNDRED_TRACKS`` environment variable), whose ``__init__.py`` exports ``TRACK``, a
 :class:`Track`. The core asks that object for everything track-specific:
 
-* ``section`` — the track's own config section (a pydantic model, e.g. ``incremental:``),
+* ``section`` — the track's own config section (a pydantic model named after the track),
   validated with the rest of the run config (:func:`hundred.config.config_class`);
 * ``method_base`` — the base class its methods subclass (``"module:Class"``);
 * ``runner`` — ``run(config, method, resume_dir) -> summary``: the scenario that drives the
   phases and calls the method's hooks (``"module:function"``);
 * ``report`` — the metrics (the first is the primary one: what a leaderboard ranks by and
   what ``hundred tune`` optimises), the columns and the per-step plots of its reports;
-* ``shortcuts`` — CLI flags for its section (``--scenario`` -> ``incremental.scenario``);
+* ``shortcuts`` — CLI flags for its section (``--scenario`` -> ``<track>.scenario``);
 * what the tune-then-evaluate protocol needs: the config path naming the scenario, the keys
   held fixed between tuning and evaluation, the default methods of ``hundred check``, and
   base settings per tuning budget.

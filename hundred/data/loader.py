@@ -1,8 +1,8 @@
 """The batch loader: packed uint8 arrays -> augmented, normalised batches on the device.
 
 One :class:`BatchLoader` replaces ``Dataset`` + ``DataLoader`` + worker processes for packed
-data (DESIGN principle 3). Reading a batch is a fancy-index into a uint8 array; everything
-per-pixel (conversion, augmentation, normalisation) runs batched on the device.
+data (docs/design.md, principle 3). Reading a batch is a fancy-index into a uint8 array;
+everything per-pixel (conversion, augmentation, normalisation) runs batched on the device.
 
 Two ways to feed the device:
 

@@ -18,7 +18,7 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     the student's temperature-softened distributions, averaged over the batch.
 
     Not multiplied by ``temperature**2``: methods that want Hinton's gradient scaling multiply
-    themselves (the class-incremental papers, e.g. WA, use the plain form).
+    themselves (the continual-learning papers, e.g. WA, use the plain form).
     """
     teacher = F.softmax(teacher_logits.float() / temperature, dim=1)
     log_student = F.log_softmax(student_logits.float() / temperature, dim=1)

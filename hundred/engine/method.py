@@ -98,9 +98,9 @@ class Method(ABC):
         return module
 
     def setup(self, model: nn.Module, ctx: SetupContext) -> None:
-        """Called by the trainer before it builds its optimiser (once per training phase:
-        once for a plain run, once per task of a class-incremental one, so build modules
-        only if they are not there yet). The default builds nothing."""
+        """Called by the trainer before it builds its optimiser: once per training phase (once
+        for a single-phase track, once per task of a multi-task one, so build modules only if
+        they are not there yet). The default builds nothing."""
 
     @abstractmethod
     def loss(self, model: nn.Module, images: Images, labels: torch.Tensor) -> torch.Tensor:

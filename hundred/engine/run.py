@@ -27,6 +27,7 @@ from hundred.engine.rundir import environment, new_run_dir
 from hundred.engine.trainer import resolve_device
 from hundred.errors import HundredError
 from hundred.io import write_json, write_text
+from hundred.terminal import table_console
 
 
 @dataclass
@@ -94,7 +95,8 @@ def load_data(config: RunConfig) -> Dataset:
     ``data.classes``. ``info["fingerprint"]`` records its identity (summaries copy it).
 
     An evaluation run of the tune-then-evaluate protocol refuses data whose fingerprint is
-    that of the data its parameters were tuned on (honest by construction: DESIGN.md, 5).
+    that of the data its parameters were tuned on (honest by construction: docs/design.md,
+    principle 5).
     """
     dataset = load_selection(config.data.source, config.data.classes, config.data.options)
     dataset.info["fingerprint"] = fingerprint(dataset)
@@ -157,12 +159,16 @@ def finish_run(ctx: RunContext, summary: dict[str, Any], title: str,
                dataset: Dataset | None = None) -> dict[str, Any]:
     """Write ``summary.json`` (rank 0), print the results table; returns the full summary.
 
-    Every summary records the run's provenance (protocol, phase, study, trial, tuned_on,
-    tuned_params...) and, given ``dataset``, its ``data_fingerprint``."""
+    Every summary records the run's scenario (``Track.scenario_label``, None for tracks
+    without one), its provenance (protocol, phase, study, trial, tuned_on, tuned_params...)
+    and, given ``dataset``, its ``data_fingerprint``."""
+    from hundred.registry import get_track
+
     provenance = ctx.config.provenance.model_dump(mode="json")
     if dataset is not None:
         provenance["data_fingerprint"] = dataset.info.get("fingerprint")
     summary = {"track": ctx.config.track, "method": ctx.config.method,
+               "scenario": get_track(ctx.config.track).scenario_label(ctx.config),
                "run_dir": str(ctx.run_dir), "seed": ctx.config.seed,
                "settings": settings_digest(ctx.config),
                "wall_seconds": round(time.perf_counter() - ctx.started, 2), **provenance, **summary}
@@ -176,5 +182,5 @@ def finish_run(ctx: RunContext, summary: dict[str, Any], title: str,
                                                                     "data_fingerprint",
                                                                     "tuning_fingerprint"):
                 table.add_row(key, f"{value:.2f}" if isinstance(value, float) else str(value))
-        Console().print(table)
+        table_console().print(table)
     return summary

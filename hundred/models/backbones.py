@@ -7,7 +7,7 @@ Every backbone maps images ``(B, 3, H, W)`` to features ``(B, D)`` through
 * CIFAR ResNet-20/32/56 — He et al., "Deep Residual Learning for Image Recognition"
   (CVPR 2016), Sec. 4.2: 3x3 stem, three stages of 16/32/64 channels, ``n`` basic blocks
   each, parameter-free shortcuts (option A: subsample + zero-pad). ResNet-32 is the
-  class-incremental standard (iCaRL, WA, PyCIL).
+  continual-learning standard (iCaRL, WA, PyCIL).
 * ConvNet-D3/D4 — the dataset-distillation standard (Zhao et al., "Dataset Condensation with
   Gradient Matching", ICLR 2021): depth x [conv3x3(128), instance norm, ReLU, avgpool 2].
 """

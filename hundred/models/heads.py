@@ -16,7 +16,7 @@ class LinearHead(nn.Linear):
     @torch.no_grad()
     def grown(self, new_classes: int) -> "LinearHead":
         """A head with ``new_classes`` more outputs; the existing rows are copied unchanged and
-        the new ones freshly initialised (class-incremental learning)."""
+        the new ones freshly initialised (continual learning)."""
         head = LinearHead(self.in_features, self.out_features + new_classes, self.bias is not None)
         head.to(self.weight.device)
         head.weight[: self.out_features] = self.weight
@@ -29,7 +29,7 @@ class CosineHead(nn.Module):
     """Cosine classifier ``sigma * cos(f, w_c)`` with a learnable scale ``sigma``.
 
     Used by LUCIR (Hou et al., "Learning a Unified Classifier Incrementally via Rebalancing",
-    CVPR 2019) and many class-incremental methods to remove the norm bias between classes.
+    CVPR 2019) and many continual-learning methods to remove the norm bias between classes.
     """
 
     def __init__(self, feature_dim: int, num_classes: int, scale: float = 16.0,

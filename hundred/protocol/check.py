@@ -36,6 +36,7 @@ from hundred.protocol import DEFAULT_EVAL_DATA, DEFAULT_SEEDS, DEFAULT_TRIALS, D
 from hundred.protocol.tune import BestParams, base_config, default_storage, tune
 from hundred.report import GroupRow, ReportPaths, Table, aggregate, leaderboard, render_report
 from hundred.report.collect import load_summary
+from hundred.terminal import table_console
 from hundred.track import Track
 
 CONVENTIONAL = "conventional"
@@ -117,7 +118,7 @@ def print_leaderboards(tables: Sequence[Table], bests: Sequence[BestParams],
                        console: Console | None = None) -> None:
     """Both leaderboards side by side (stacked when the terminal is narrow), then the tuned
     parameters of each method."""
-    console = console or Console()
+    console = console or table_console()
     console.print(Columns([rich_table(t) for t in tables], padding=(0, 4)))
     params = RichTable(title="tuned parameters (best trial of each study)", title_style="bold")
     for column in ("method", "tuned on", "trials", "parameters"):
@@ -205,6 +206,6 @@ def check(track: Track, methods: Sequence[str] = (),
     report = render_report([conv_table, eval_table], [*conv_table.rows, *eval_table.rows],
                            out / "report", meta, title=f"hundred check: {track.name}")
     print_leaderboards([conv_table, eval_table], bests)
-    Console().print(f"report: {report.markdown}  {report.html}  ({len(report.plots)} figures); "
+    table_console().print(f"report: {report.markdown}  {report.html}  ({len(report.plots)} figures); "
                     f"took {minutes:.1f} min", highlight=False, markup=False)
     return CheckResult(out, bests, conv_table, eval_table, report)

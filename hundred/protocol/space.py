@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from pydantic import BaseModel
 
-from hundred.config import RunConfig, read_yaml, with_values
+from hundred.config import RunConfig, config_class, read_yaml, with_values
 from hundred.errors import HundredError
 from hundred.space import (Choice, Dimension, FloatRange, IntRange, SearchSpace, describe,
                            format_params, parse_dimension, short_key, suggest)
@@ -77,18 +77,18 @@ class Budget:
 BUDGETS: dict[str, Budget] = {
     "quick": Budget(
         "quick", QUICK_GRID,
-        base=("model.name=resnet20", "model.options={width: 8}", "incremental.memory=500",
-              "data.eval_batch_size=1000"),
+        base=("model.name=resnet20", "model.options={width: 8}", "data.eval_batch_size=1000"),
         synth100_options={"train_per_class": 100, "val_per_class": 20, "res": 16},
-        about="CPU scale: epochs {3,4,5} per task, batch {32,64}, ResNet-20 at width 8, "
-              "memory 500; synth100 at 16 px, 100 train / 20 val images per class"),
+        about="CPU scale: epochs {3,4,5}, batch {32,64}, ResNet-20 at width 8; synth100 at "
+              "16 px, 100 train / 20 val images per class"),
     "paper": Budget("paper", PAPER_GRID,
                     about="the paper's grid: epochs {30,70,120,160,200}, batch 32..512, the "
-                          "config's own model, memory and data"),
+                          "config's own model and data"),
 }
 
-# Keys a search must not touch: they define the data, the scenario or the run's identity,
-# which the protocol holds fixed between tuning and evaluation.
+# Keys a search must not touch: they define the data or the run's identity, which the
+# protocol holds fixed between tuning and evaluation (each track adds its scenario's keys,
+# ``Track.protocol_fixed``).
 FIXED_KEYS: dict[str, str] = {
     "track": "the track is the experiment itself",
     "method": "the method is what is being tuned",
@@ -100,7 +100,6 @@ FIXED_KEYS: dict[str, str] = {
     "data.source": "the data is fixed by the protocol (tuning data vs evaluation data)",
     "data.classes": "the data is fixed by the protocol (tuning data vs evaluation data)",
     "data.options": "the data is fixed by the protocol (tuning data vs evaluation data)",
-    "incremental": "the scenario (tasks, class order, memory) is the same in both phases",
     "train.device": "the device is not a hyperparameter",
 }
 
@@ -153,7 +152,10 @@ def space_for(method: "type[Method]", budget: str = "quick",
 
 def _check_key(key: str, method: "type[Method]") -> None:
     """HundredError unless ``key`` names a real, tunable config field (or method param)."""
-    for fixed, reason in FIXED_KEYS.items():
+    from hundred.registry import get_track
+
+    fixed_keys = {**FIXED_KEYS, **get_track(method.track).protocol_fixed}
+    for fixed, reason in fixed_keys.items():
         if key == fixed or key.startswith(fixed + "."):
             raise HundredError(f"search space {key}: not tunable ({reason})")
     parts = key.split(".")
@@ -163,7 +165,7 @@ def _check_key(key: str, method: "type[Method]") -> None:
             raise HundredError(f"search space {key}: {method.track}/{method.name} has no such "
                                f"parameter; its parameters: {', '.join(known) or 'none'}")
         return
-    model: type[BaseModel] = RunConfig
+    model: type[BaseModel] = config_class(method.track)
     for depth, part in enumerate(parts):
         fields = model.model_fields
         if part not in fields:

@@ -3,10 +3,10 @@ protocol that produced them), per-step curves and matrices, as Markdown, HTML an
 
 Typical use::
 
-    runs = collect_runs(["runs/classify"])   # every valid summary.json below the path
-    rows = aggregate(runs)                   # one GroupRow per setting, ranked per protocol
+    runs = collect_runs(["runs"])    # every valid summary.json below the path
+    rows = aggregate(runs)           # one GroupRow per setting, ranked per protocol
     print(markdown_tables(rows))
-    write_report(["runs/classify"], out="reports/erm")   # what `hundred report` does
+    write_report(["runs"], out="reports/all")   # what `hundred report` does
 
 What a track's reports show (metrics, columns, per-step plots) is its ``Track.report``.
 

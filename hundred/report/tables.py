@@ -152,7 +152,7 @@ def table_markdown(table: Table, level: int = 3) -> str:
 
 def tables_markdown(tables: Sequence[Table], level: int = 2,
                     after: Callable[[Table], str] | None = None) -> str:
-    """Tables as Markdown, one section per track (``## Track: incremental``); ``after`` adds
+    """Tables as Markdown, one section per track (``## Track: <name>``); ``after`` adds
     Markdown below each table (the report file puts its figures there)."""
     out: list[str] = []
     track = None

@@ -75,6 +75,7 @@ def test_check_prints_both_leaderboards_and_writes_the_report(checked):
     result, _, printed = checked
     assert "Conventional" in printed and "Tune-then-evaluate" in printed
     assert "tuned parameters" in printed and "change" in printed
+    assert "conventional rank" in printed  # printed to a non-terminal: headers are not cut
     markdown = result.report.markdown.read_text()
     assert "tuned and reported on synth100[0-9]" in markdown
     assert "evaluated on synth100[10-19]" in markdown and "conventional rank" in markdown

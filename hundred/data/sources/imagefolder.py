@@ -263,7 +263,7 @@ def open_imagenet100(
 ) -> Dataset:
     """``LIST:ROOT``: the ImageNet folder at ROOT restricted to the classes of LIST.
 
-    Labels are 0..K-1 in sorted-wnid order (the convention of the class-incremental papers,
+    Labels are 0..K-1 in sorted-wnid order (the convention of the continual-learning papers,
     whose class *arrival* order is a seeded permutation on top); the list's own order is
     kept in ``info["list_order"]``, with the list's name and sha256.
     """

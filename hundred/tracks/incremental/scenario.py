@@ -302,7 +302,7 @@ class IncrementalRun:
         inc = self.config.incremental
         summary: dict[str, Any] = {
             "data": self.dataset.name, "model": self.config.model.name,
-            "scenario": inc.scenario, "memory": inc.memory_per_class or inc.memory,
+            "memory": inc.memory_per_class or inc.memory,
             "memory_kind": "per-class" if inc.memory_per_class else "fixed-total",
             "selection": inc.selection, "class_order": self.order.tolist(),
             "classifier": self.method.classifier,
