@@ -1,7 +1,8 @@
 """Atomic checkpoints: weights as safetensors, the rest as a tensors-only state file.
 
-A checkpoint for epoch ``k`` is two files, ``epoch-k.safetensors`` (model weights, and EMA
-weights under an ``ema.`` prefix) and ``epoch-k.state.pt`` (optimiser, method and RNG state,
+A checkpoint for epoch ``k`` is two files, ``epoch-k.safetensors`` (model weights, EMA
+weights under an ``ema.`` prefix, the method's trainable modules under ``method.``) and
+``epoch-k.state.pt`` (optimiser, method and RNG state,
 loader position), each written atomically; then ``latest.json`` is atomically pointed at
 them. A kill at any moment leaves the previous ``latest.json`` valid. State files are read
 with ``torch.load(weights_only=True)``: no pickled code ever runs.
@@ -53,6 +54,11 @@ def load_checkpoint(directory: Path) -> tuple[int, dict[str, torch.Tensor], dict
     except (OSError, RuntimeError, KeyError) as error:
         raise HundredError(f"checkpoint in {directory} is unreadable: {error}") from None
     return int(latest["epoch"]), weights, state
+
+
+def strip_prefix(weights: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The entries of ``weights`` under ``prefix`` (e.g. ``method.``), with the prefix removed."""
+    return {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
 
 
 def load_weights(path: Path) -> dict[str, torch.Tensor]:

@@ -25,7 +25,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 from torch import nn
 
-from hundred.config import RunConfig
+from hundred.config import RunConfig, build_config
 from hundred.errors import HundredError
 from hundred.space import Dimension
 
@@ -76,7 +76,10 @@ class Method(ABC):
 
     def __init__(self, params: dict[str, Any] | None = None, config: RunConfig | None = None
                  ) -> None:
-        self.config = config if config is not None else RunConfig()
+        if config is None:  # a method made outside a run: its track's default config
+            config = (build_config(overrides=[f"track={self.track}", f"method={self.name}"])
+                      if self.track else RunConfig())
+        self.config = config
         try:
             self.params = self.Params.model_validate(params or {})
         except ValidationError as error:

@@ -25,7 +25,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import nn
 
 from hundred.config import OptimConfig, RunConfig, ScheduleConfig
-from hundred.engine.checkpoint import load_checkpoint, save_checkpoint
+from hundred.engine.checkpoint import load_checkpoint, save_checkpoint, strip_prefix
 from hundred.engine.distributed import DistInfo
 from hundred.engine.method import Images, Method, SetupContext
 from hundred.engine.metrics import evaluate
@@ -186,8 +186,8 @@ class Trainer:
         self.model.load_state_dict({k: v for k, v in weights.items()
                                     if not k.startswith(("ema.", "method."))})
         if self.ema is not None:
-            self.ema.module.load_state_dict(_with_prefix(weights, "ema."))
-        self.method.trainable.load_state_dict(_with_prefix(weights, "method."))
+            self.ema.module.load_state_dict(strip_prefix(weights, "ema."))
+        self.method.trainable.load_state_dict(strip_prefix(weights, "method."))
         self.optimizer.load_state_dict(state["optimizer"])
         self.method.load_state_dict(state["method"])
         torch.set_rng_state(state["torch_rng"])
@@ -227,11 +227,22 @@ class Trainer:
 
     def _average_method_gradients(self) -> None:
         """DDP averages the model's gradients; the method's own modules are called outside
-        the DDP wrapper, so their gradients are averaged over the ranks here."""
-        for parameter in self.method.trainable.parameters():
-            if parameter.grad is not None:
-                torch.distributed.all_reduce(parameter.grad)
-                parameter.grad /= self.dist.world_size
+        the DDP wrapper, so their gradients are averaged over the ranks here. Every rank makes
+        the same collective calls even when a module went unused on some of them (a rank
+        without a gradient contributes zeros); a parameter no rank used keeps no gradient."""
+        parameters = list(self.method.trainable.parameters())
+        if not parameters:
+            return
+        used = torch.tensor([p.grad is not None for p in parameters], dtype=torch.float32,
+                            device=self.device)
+        torch.distributed.all_reduce(used)
+        for parameter, count in zip(parameters, used.tolist()):
+            if count == 0:
+                continue
+            if parameter.grad is None:
+                parameter.grad = torch.zeros_like(parameter)
+            torch.distributed.all_reduce(parameter.grad)
+            parameter.grad /= self.dist.world_size
 
     def evaluate(self) -> dict[str, float]:
         """Top-1/top-5/loss of the EMA model if enabled, else of the model, on the eval data."""
@@ -316,11 +327,6 @@ class Trainer:
             parts += [f"top1 {record['val_top1']:.2f}", f"top5 {record['val_top5']:.2f}"]
         parts.append(f"{record['images_per_s']:.0f} img/s")
         self.console.print("  ".join(parts), highlight=False)
-
-
-def _with_prefix(weights: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    """The entries of ``weights`` under ``prefix``, with the prefix removed."""
-    return {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix)}
 
 
 def _channels_last(images: Images) -> Images:

@@ -10,9 +10,10 @@ Conventions (Rebuffi et al., iCaRL, CVPR 2017; Hou et al., UCIR, CVPR 2019):
   then ten per task; a smaller last task takes the remainder;
 * every task trains a fresh optimiser for ``train.epochs`` epochs through the shared engine.
 
-Every task boundary is a checkpoint (``tasks/task-XX/done.json`` + ``final.safetensors``), and
-each task's epochs are checkpointed by the engine, so a killed run resumes at the task and
-epoch where it stopped and ends with the same result.
+Every task boundary is a checkpoint (``tasks/task-XX/``: ``done.json``, ``final.safetensors``
+with the model and the method's trainable modules, ``method.state.pt``), and each task's
+epochs are checkpointed by the engine, so a killed run resumes at the task and epoch where it
+stopped and ends with the same result.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from safetensors.torch import save as save_safetensors
 
 from hundred.config import RunConfig, with_values
 from hundred.data import ArraySplit, Dataset
-from hundred.engine.checkpoint import load_weights
+from hundred.engine.checkpoint import load_weights, strip_prefix
 from hundred.engine.distributed import shutdown
 from hundred.engine.run import (RunContext, eval_loader, finish_run, image_size, load_data,
                                 start_run, train_loader)
@@ -41,6 +42,9 @@ from hundred.tracks.incremental.config import IncrementalConfig
 from hundred.tracks.incremental.memory import ExemplarMemory
 from hundred.tracks.incremental.method import IncrementalMethod, Task
 from hundred.tracks.incremental.metrics import matrix_to_json, summarise
+
+
+METHOD_STATE = "method.state.pt"  # a task boundary's method state (read with weights_only)
 
 
 def task_sizes(scenario: str, num_classes: int) -> list[int]:
@@ -160,6 +164,9 @@ class IncrementalRun:
         self.records: list[dict[str, Any]] = []
         self.tasks_dir = ctx.run_dir / "tasks"
         self.model: Classifier | None = None
+        # the method's trainable modules of a restored task boundary: loaded once the next
+        # task's trainer has called the method's setup (which builds them)
+        self.restored_method_weights: dict[str, torch.Tensor] | None = None
 
     # -- model and data for a task --------------------------------------------------------
     def _new_model(self, num_classes: int) -> Classifier:
@@ -202,8 +209,14 @@ class IncrementalRun:
             self.records.append(json.loads((self._task_dir(task) / "done.json").read_text()))
         last = done[-1]
         self.memory.load_state_dict(self.records[-1]["memory"])
+        weights = load_weights(self._task_dir(last) / "final.safetensors")
         self.model = self._new_model(last.num_seen)
-        self.model.load_state_dict(load_weights(self._task_dir(last) / "final.safetensors"))
+        self.model.load_state_dict({k: v for k, v in weights.items() if not k.startswith("method.")})
+        self.restored_method_weights = strip_prefix(weights, "method.")
+        state_file = self._task_dir(last) / METHOD_STATE
+        if state_file.is_file():
+            self.method.load_state_dict(torch.load(state_file, map_location="cpu",
+                                                   weights_only=True))
         return last.index + 1
 
     # -- one task -------------------------------------------------------------------------
@@ -226,6 +239,9 @@ class IncrementalRun:
                               seed_offset=task.index, views=method.views)
         trainer = Trainer(task_config(self.config, task), model, method, loader, None,
                           ctx.device, task_dir, ctx.dist, ctx.console)
+        if self.restored_method_weights is not None:
+            method.trainable.load_state_dict(self.restored_method_weights)
+            self.restored_method_weights = None
         trainer.resume()
         trainer.fit()
         method_log = method.after_task(task, model)
@@ -235,9 +251,13 @@ class IncrementalRun:
                   "method_log": method_log, "memory_size": len(self.memory),
                   "memory": self.memory.state_dict()}
         if ctx.dist.is_main:
+            weights = {**model.state_dict(),
+                       **{f"method.{k}": v for k, v in method.trainable.state_dict().items()}}
             with atomic_open(task_dir / "final.safetensors", "wb") as handle:
                 handle.write(save_safetensors({k: v.detach().cpu().contiguous()
-                                               for k, v in model.state_dict().items()}))
+                                               for k, v in weights.items()}))
+            with atomic_open(task_dir / METHOD_STATE, "wb") as handle:
+                torch.save(method.state_dict(), handle)
             write_json(task_dir / "done.json", record)
             shutil.rmtree(task_dir / "checkpoints", ignore_errors=True)
         return record
