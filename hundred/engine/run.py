@@ -22,6 +22,7 @@ from rich.table import Table
 from hundred.config import RunConfig, build_config, dump_yaml
 from hundred.data import Dataset, fingerprint, load_selection
 from hundred.data.loader import BatchLoader
+from hundred.engine.allocator import keep_freed_memory
 from hundred.engine.distributed import DistInfo, barrier, init_distributed
 from hundred.engine.rundir import environment, new_run_dir
 from hundred.engine.trainer import resolve_device
@@ -49,8 +50,10 @@ def _slug(text: str) -> str:
 
 
 def start_run(config: RunConfig, resume_dir: Path | None = None) -> RunContext:
-    """Seed, pick the device, join DDP if under torchrun, and create (or reopen) the run dir."""
+    """Seed, pick the device, join DDP if under torchrun, and create (or reopen) the run dir.
+    On CPU, freed tensor memory is kept for reuse (:mod:`hundred.engine.allocator`)."""
     device = resolve_device(config.train.device)
+    keep_freed_memory()
     dist_info = init_distributed(str(device))
     if device.type == "cuda" and dist_info.enabled:
         device = torch.device("cuda", dist_info.local_rank)
