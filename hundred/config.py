@@ -22,7 +22,7 @@ from hundred.registry import DEFAULT_TRACK, get_track
 class StrictModel(BaseModel):
     """Unknown keys are errors; assignments are validated too."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 _CLASS_ITEM = r"\s*\d+\s*(?:-\s*\d+\s*)?"
@@ -62,6 +62,18 @@ def format_classes(indices: list[int]) -> str:
             parts.append(str(first) if first == last else f"{first}-{last}")
             start = i
     return ",".join(parts)
+
+
+FLOAT32_MAX = 3.4028234663852886e38  # the optimisers apply rates to float32 weights
+
+
+def check_run_name(name: str) -> None:
+    """ValueError unless ``name`` is one plain path component, so that a run directory
+    ``<root>/<track>/<method>/<name>`` never leaves its root: no separator (``/`` or ``\\``),
+    not ``.`` or ``..``, not blank."""
+    if not name.strip() or name in (".", "..") or "\0" in name or "/" in name or "\\" in name:
+        raise ValueError(f"{name!r} is not a plain directory name (no '/', '\\', '..'); "
+                         "the run directory is <root>/<track>/<method>/<name>")
 
 
 class DataConfig(StrictModel):
@@ -118,7 +130,8 @@ class ModelConfig(StrictModel):
 
 class OptimConfig(StrictModel):
     name: Literal["sgd", "adamw"] = "sgd"
-    lr: float = Field(0.1, gt=0)
+    lr: float = Field(0.1, gt=0, lt=FLOAT32_MAX,
+                      description="base learning rate (applied in float32, so below 3.4e38)")
     momentum: float = Field(0.9, ge=0, lt=1)
     nesterov: bool = False
     betas: tuple[float, float] = (0.9, 0.999)
@@ -144,7 +157,8 @@ class TrainConfig(StrictModel):
     checkpoint_every: int = Field(1, ge=1, description="epochs between checkpoints")
     keep_checkpoints: int = Field(1, ge=1)
     eval_every: int = Field(1, ge=1)
-    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$",
+                        description="auto | cpu | cuda | cuda:N")
 
 
 class ProvenanceConfig(StrictModel):
@@ -194,7 +208,8 @@ class RunConfig(StrictModel):
 
     track: str = DEFAULT_TRACK
     method: str = "erm"
-    name: Optional[str] = Field(None, description="run directory name (default: generated)")
+    name: Optional[str] = Field(None, description="run directory name (default: generated); "
+                                "one path component, so the run stays inside root")
     root: str = Field("runs", description="runs/<track>/<method>/<name>/")
     seed: int = Field(0, ge=0)
     quiet: bool = False
@@ -205,6 +220,13 @@ class RunConfig(StrictModel):
     train: TrainConfig = Field(default_factory=TrainConfig)
     method_params: dict[str, Any] = Field(default_factory=dict)
     provenance: ProvenanceConfig = Field(default_factory=ProvenanceConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _one_path_component(cls, name: Optional[str]) -> Optional[str]:
+        if name is not None:
+            check_run_name(name)
+        return name
 
     @model_validator(mode="after")
     def _milestones_inside_training(self) -> "RunConfig":
@@ -288,7 +310,13 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
         raise HundredError(f"--set expects KEY=VALUE (e.g. optim.lr=0.05), got {text!r}")
-    return key.strip().split("."), yaml.safe_load(value) if value.strip() else None
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError as error:
+        problem = str(error).splitlines()[0]
+        raise HundredError(f"--set {text}: the value is not valid YAML ({problem}); quote text "
+                           "or write a flow mapping such as {a: 1, b: 2}") from None
+    return key.strip().split("."), parsed
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

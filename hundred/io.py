@@ -44,6 +44,18 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
         raise
 
 
+def remove_stale_temporaries(directory: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files that :func:`atomic_open` leaves when its process is killed
+    mid-write (``.<name>.<random>.tmp``) anywhere below ``directory``; returns them."""
+    removed = []
+    for path in Path(directory).rglob(".*.tmp"):
+        if path.is_file() and path.name.count(".") >= 3:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                removed.append(path)
+    return removed
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write ``obj`` as indented JSON, atomically."""
     with atomic_open(path, "w") as handle:

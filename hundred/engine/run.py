@@ -6,13 +6,14 @@ all runs record the same things in the same places.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -23,11 +24,11 @@ from hundred.config import RunConfig, build_config, dump_yaml
 from hundred.data import Dataset, fingerprint, load_selection
 from hundred.data.loader import BatchLoader
 from hundred.engine.allocator import keep_freed_memory
-from hundred.engine.distributed import DistInfo, barrier, init_distributed
-from hundred.engine.rundir import environment, new_run_dir
+from hundred.engine.distributed import DistInfo, barrier, init_distributed, shutdown
+from hundred.engine.rundir import FAILED, environment, mark_failed, new_run_dir
 from hundred.engine.trainer import resolve_device
 from hundred.errors import HundredError
-from hundred.io import write_json, write_text
+from hundred.io import remove_stale_temporaries, write_json, write_text
 from hundred.terminal import table_console
 
 
@@ -61,6 +62,9 @@ def start_run(config: RunConfig, resume_dir: Path | None = None) -> RunContext:
     torch.manual_seed(config.seed)
     if resume_dir is not None:
         run_dir = resume_dir
+        if dist_info.is_main:
+            for path in remove_stale_temporaries(run_dir):  # left by a write that was killed
+                console.print(f"removed {path} (an unfinished write of the stopped run)")
     else:
         name = None
         if dist_info.is_main:
@@ -80,6 +84,23 @@ def start_run(config: RunConfig, resume_dir: Path | None = None) -> RunContext:
         write_json(run_dir / env_name, env)
     barrier(dist_info)
     return RunContext(config, device, dist_info, run_dir, console, resumed=resume_dir is not None)
+
+
+@contextlib.contextmanager
+def running(config: RunConfig, resume_dir: Path | None = None) -> Iterator[RunContext]:
+    """:func:`start_run`, then the caller's work; an error marks the run directory failed
+    (``failed.json``: what stopped it, so a re-run with the same name says so and offers
+    ``--resume`` or ``--replace``), and the process group is always shut down."""
+    ctx = start_run(config, resume_dir)
+    try:
+        yield ctx
+    except BaseException as error:
+        if ctx.dist.is_main:
+            with contextlib.suppress(OSError):  # the error being raised matters more
+                mark_failed(ctx.run_dir, error)
+        raise
+    finally:
+        shutdown(ctx.dist)
 
 
 def config_for_resume(resume_dir: Path, track: str, method: str) -> RunConfig:
@@ -177,6 +198,7 @@ def finish_run(ctx: RunContext, summary: dict[str, Any], title: str,
                "wall_seconds": round(time.perf_counter() - ctx.started, 2), **provenance, **summary}
     if ctx.dist.is_main:
         write_json(ctx.run_dir / "summary.json", summary)
+        (ctx.run_dir / FAILED).unlink(missing_ok=True)
         table = Table(title=title)
         table.add_column("metric")
         table.add_column("value", justify="right")

@@ -4,7 +4,11 @@
 * ``env.json`` — package, torch and timm versions, git commit, device, seeds;
 * ``metrics.jsonl`` — one JSON object per epoch/evaluation;
 * ``summary.json`` — final metrics, wall time, images/s;
-* ``checkpoints/`` — see :mod:`hundred.engine.checkpoint`.
+* ``checkpoints/`` — see :mod:`hundred.engine.checkpoint`;
+* ``failed.json`` — only while the run is unfinished after an error: what stopped it.
+
+A run directory always lies inside ``<root>/<track>/<method>/``: names are single path
+components (checked by the config and again here).
 """
 
 from __future__ import annotations
@@ -17,23 +21,36 @@ import time
 from pathlib import Path
 from typing import Any
 
+from hundred.config import check_run_name
 from hundred.errors import HundredError
-from hundred.io import atomic_open
+from hundred.io import atomic_open, write_json
+
+
+FAILED = "failed.json"
+SUMMARY = "summary.json"
 
 
 def new_run_dir(root: str | Path, track: str, method: str, name: str | None,
                 default_name: str) -> Path:
-    """Create a fresh run directory. An explicit ``name`` that exists is an error; a generated
-    one gets a numeric suffix. A run never writes into another run's directory."""
+    """Create a fresh run directory. An explicit ``name`` that exists is an error that says
+    whether that run finished, failed or was cut off, and how to continue or replace it; a
+    generated name gets a numeric suffix. A run never writes into another run's directory."""
     parent = Path(root) / track / method
-    parent.mkdir(parents=True, exist_ok=True)
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise HundredError(f"cannot create the run directory under {root}: "
+                           f"{error.strerror or error}") from None
     if name is not None:
+        try:
+            check_run_name(name)
+        except ValueError as error:
+            raise HundredError(f"--name: {error}") from None
         path = parent / name
         try:
             path.mkdir()
         except FileExistsError:
-            raise HundredError(f"run directory {path} exists; pick another --name, "
-                               f"or continue it with --resume {path}") from None
+            raise HundredError(describe_existing(path)) from None
         return path
     for suffix in range(10_000):
         path = parent / (default_name if suffix == 0 else f"{default_name}-{suffix}")
@@ -43,6 +60,29 @@ def new_run_dir(root: str | Path, track: str, method: str, name: str | None,
         except FileExistsError:
             continue
     raise HundredError(f"could not find a free run directory name under {parent}")
+
+
+def describe_existing(path: Path) -> str:
+    """Why ``path`` cannot be a new run, and what the user can do instead."""
+    if (path / SUMMARY).is_file():
+        return (f"run directory {path} holds a finished run; pick another --name (or remove "
+                "the directory yourself)")
+    failed = path / FAILED
+    reason = ""
+    if failed.is_file():
+        try:
+            reason = f" (it failed: {json.loads(failed.read_text())['error']})"
+        except (OSError, ValueError, KeyError, TypeError):
+            reason = " (it failed)"
+    return (f"run directory {path} holds an unfinished run{reason}; continue it with --resume "
+            f"{path}, or start it again with --replace")
+
+
+def mark_failed(run_dir: Path, error: BaseException) -> None:
+    """Record in ``failed.json`` what stopped the run (removed again when it finishes)."""
+    message = str(error).splitlines()[0] if str(error) else type(error).__name__
+    write_json(run_dir / FAILED, {"error": message, "type": type(error).__name__,
+                                  "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
 
 
 def git_commit() -> str | None:

@@ -179,17 +179,23 @@ class Trainer:
 
     def resume(self) -> bool:
         """Load the newest checkpoint of ``run_dir``; False when there is none yet."""
-        found = None if self.checkpoint_dir is None else load_checkpoint(self.checkpoint_dir)
+        found = None if self.checkpoint_dir is None else load_checkpoint(
+            self.checkpoint_dir, warn=lambda message: self.console.print(f"warning: {message}"))
         if found is None:
             return False
         epoch, weights, state = found
-        self.model.load_state_dict({k: v for k, v in weights.items()
-                                    if not k.startswith(("ema.", "method."))})
-        if self.ema is not None:
-            self.ema.module.load_state_dict(strip_prefix(weights, "ema."))
-        self.method.trainable.load_state_dict(strip_prefix(weights, "method."))
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.method.load_state_dict(state["method"])
+        try:
+            self.model.load_state_dict({k: v for k, v in weights.items()
+                                        if not k.startswith(("ema.", "method."))})
+            if self.ema is not None:
+                self.ema.module.load_state_dict(strip_prefix(weights, "ema."))
+            self.method.trainable.load_state_dict(strip_prefix(weights, "method."))
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.method.load_state_dict(state["method"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as error:
+            raise HundredError(f"the checkpoint of epoch {epoch + 1} in {self.checkpoint_dir} "
+                               f"does not fit this run: {str(error).splitlines()[0][:300]}"
+                               ) from None
         torch.set_rng_state(state["torch_rng"])
         if state["cuda_rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])

@@ -6,9 +6,8 @@ from pathlib import Path
 from typing import Any
 
 from hundred.config import RunConfig
-from hundred.engine.distributed import shutdown
 from hundred.engine.method import Method
-from hundred.engine.run import (eval_loader, finish_run, image_size, load_data, start_run,
+from hundred.engine.run import (eval_loader, finish_run, image_size, load_data, running,
                                 train_loader)
 from hundred.engine.trainer import Trainer
 from hundred.models import create
@@ -16,8 +15,7 @@ from hundred.models import create
 
 def run(config: RunConfig, method: Method, resume_dir: Path | None = None) -> dict[str, Any]:
     """Train with ``method`` on ``config.data``; returns the summary written to the run dir."""
-    ctx = start_run(config, resume_dir)
-    try:
+    with running(config, resume_dir) as ctx:
         dataset = load_data(config)
         model = create(config.model.name, dataset.num_classes, head=config.model.head,
                        img_size=image_size(config, dataset), **config.model.options)
@@ -35,5 +33,3 @@ def run(config: RunConfig, method: Method, resume_dir: Path | None = None) -> di
         }
         return finish_run(ctx, summary, title=f"{config.track}/{config.method} on {dataset.name}",
                           dataset=dataset)
-    finally:
-        shutdown(ctx.dist)

@@ -30,10 +30,9 @@ from safetensors.torch import save as save_safetensors
 
 from hundred.config import RunConfig, with_values
 from hundred.data import ArraySplit, Dataset
-from hundred.engine.checkpoint import load_weights, strip_prefix
-from hundred.engine.distributed import shutdown
+from hundred.engine.checkpoint import strip_prefix
 from hundred.engine.run import (RunContext, eval_loader, finish_run, image_size, load_data,
-                                start_run, train_loader)
+                                running, train_loader)
 from hundred.engine.trainer import Trainer
 from hundred.errors import HundredError
 from hundred.io import atomic_open, write_json
@@ -199,25 +198,62 @@ class IncrementalRun:
         return self.tasks_dir / f"task-{task.index:02d}"
 
     def restore(self) -> int:
-        """Load the finished tasks of a resumed run; returns the first task still to do."""
-        done = [t for t in self.tasks if (self._task_dir(t) / "done.json").is_file()]
-        if not done:
-            return 0
-        import json
+        """Load the finished tasks of a resumed run; returns the first task still to do.
 
-        for task in done:
-            self.records.append(json.loads((self._task_dir(task) / "done.json").read_text()))
-        last = done[-1]
+        Task boundaries are read in order; the first one whose files do not load (a corrupt
+        or empty ``done.json``, ``final.safetensors`` or method state) ends the restore with a
+        warning naming the file, and the run continues from the boundary before it."""
+        last: Task | None = None
+        for task in self.tasks:
+            task_dir = self._task_dir(task)
+            if not (task_dir / "done.json").is_file():
+                break
+            try:
+                record, weights, state = self._read_boundary(task_dir)
+            except ValueError as error:
+                where = f"after task {last.index + 1}" if last else "from the first task"
+                self.ctx.console.print(f"warning: {error}; resuming {where}")
+                break
+            self.records.append(record)
+            last = task
+        if last is None:
+            self.records = []
+            return 0
         self.memory.load_state_dict(self.records[-1]["memory"])
-        weights = load_weights(self._task_dir(last) / "final.safetensors")
         self.model = self._new_model(last.num_seen)
         self.model.load_state_dict({k: v for k, v in weights.items() if not k.startswith("method.")})
         self.restored_method_weights = strip_prefix(weights, "method.")
-        state_file = self._task_dir(last) / METHOD_STATE
-        if state_file.is_file():
-            self.method.load_state_dict(torch.load(state_file, map_location="cpu",
-                                                   weights_only=True))
+        if state is not None:
+            self.method.load_state_dict(state)
         return last.index + 1
+
+    def _read_boundary(self, task_dir: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor],
+                                                      dict[str, Any] | None]:
+        """``done.json``, ``final.safetensors`` and the method state of one task boundary;
+        ValueError names the file that does not load."""
+        import json
+
+        from safetensors.torch import load as load_safetensors
+
+        done = task_dir / "done.json"
+        try:
+            record = json.loads(done.read_text())
+            if not isinstance(record, dict) or not {"memory", "linear"} <= set(record):
+                raise ValueError("it lacks the task's memory or accuracies")
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise ValueError(f"{done} is unreadable ({type(error).__name__}: {error})") from None
+        final = task_dir / "final.safetensors"
+        try:
+            weights = load_safetensors(final.read_bytes())
+        except Exception as error:  # safetensors' own error types for bad bytes
+            raise ValueError(f"{final} is unreadable ({str(error)[:200]})") from None
+        state_file, state = task_dir / METHOD_STATE, None
+        if state_file.is_file():
+            try:
+                state = torch.load(state_file, map_location="cpu", weights_only=True)
+            except Exception as error:
+                raise ValueError(f"{state_file} is unreadable ({str(error)[:200]})") from None
+        return record, weights, state
 
     # -- one task -------------------------------------------------------------------------
     def run_task(self, task: Task) -> dict[str, Any]:
@@ -355,11 +391,8 @@ class IncrementalRun:
 def run(config: RunConfig, method: IncrementalMethod, resume_dir: Path | None = None
         ) -> dict[str, Any]:
     """Run ``method`` through the class-incremental scenario; returns the summary."""
-    ctx = start_run(config, resume_dir)
-    try:
+    with running(config, resume_dir) as ctx:
         dataset = load_data(config)
         summary = IncrementalRun(ctx, method, dataset).run()
         title = f"incremental/{config.method}, {config.incremental.scenario} on {dataset.name}"
         return finish_run(ctx, summary, title, dataset)
-    finally:
-        shutdown(ctx.dist)

@@ -81,3 +81,19 @@ def test_resume_between_tasks_restores_the_methods_modules_and_state(tmp_path):
         assert torch.equal(value, final[key]), key
     assert any(key.startswith("method.projector.") for key in final)
     assert summary["step_top1"] == expected["step_top1"]
+
+
+def test_a_corrupt_task_boundary_falls_back_to_the_one_before(tmp_path, capsys):
+    expected = TRACK.run(config(tmp_path, "ref"), method=WithProjector({}, config(tmp_path, "ref")))
+    killed = WithProjector({}, config(tmp_path, "cut"))
+    killed.die_at_task = 1
+    try:
+        TRACK.run(config(tmp_path, "cut"), method=killed)
+    except Killed:
+        pass
+    run_dir = tmp_path / "incremental/finetune/cut"
+    (run_dir / "tasks/task-00/done.json").write_text("{")  # the only finished task, damaged
+    summary = TRACK.run(config(tmp_path, "cut"), resume_dir=run_dir,
+                        method=WithProjector({}, config(tmp_path, "cut")))
+    assert "task-00/done.json is unreadable" in capsys.readouterr().err
+    assert summary["step_top1"] == expected["step_top1"]  # redone from the start, same result
