@@ -15,10 +15,15 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+import yaml
+
 from hundred.errors import HundredError
 from hundred.track import ACCURACY_REPORT, ReportSpec, StepSeries
 
 SUMMARY_NAME = "summary.json"
+CONFIG_NAME = "config.yaml"
+# config keys that never change results, as in ``hundred.engine.run.settings_digest``
+CONFIG_IGNORED = frozenset({"seed", "name", "root", "quiet", "provenance", "train.device"})
 DEFAULT_PROTOCOL = "conventional"
 TUNING_SUFFIX = " (tuning trials)"
 
@@ -114,7 +119,8 @@ def validate_summary(summary: Any) -> dict[str, Any]:
     Normalisation fills the optional descriptors so grouping never meets a missing key:
     ``protocol`` (default ``"conventional"``; a tuning-phase trial's becomes
     ``"tune-then-evaluate (tuning trials)"`` so trials never mix with results), ``tuned_on``,
-    ``scenario``, ``model`` and ``memory`` (None when absent).
+    ``scenario``, ``model``, ``memory``, ``settings`` (None when absent: a summary written
+    before the engine recorded its settings digest) and ``data_fingerprint``.
     """
     if not isinstance(summary, dict):
         raise ValueError("not a JSON object")
@@ -123,7 +129,8 @@ def validate_summary(summary: Any) -> dict[str, Any]:
     seed = summary.get("seed")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"'seed' must be an integer, got {seed!r}")
-    for key in ("protocol", "phase", "tuned_on", "scenario", "model"):
+    for key in ("protocol", "phase", "tuned_on", "scenario", "model", "settings",
+                "data_fingerprint"):
         _check_text(summary, key, optional=True)
     if summary.get("tuned_params") is not None and not isinstance(summary["tuned_params"], dict):
         raise ValueError(f"'tuned_params' must be a mapping, got {summary['tuned_params']!r}")
@@ -144,7 +151,7 @@ def validate_summary(summary: Any) -> dict[str, Any]:
         # a tuning trial's number is measured on the tuning data with candidate parameters:
         # never let it pass for a result of the protocol (Cha & Cho, TMLR 2025)
         normal["protocol"] += TUNING_SUFFIX
-    for key in ("tuned_on", "scenario", "model", "memory"):
+    for key in ("tuned_on", "scenario", "model", "memory", "settings", "data_fingerprint"):
         normal.setdefault(key, None)
     return normal
 
@@ -195,6 +202,38 @@ def collect_runs(paths: Iterable[str | os.PathLike], warn: Warn = print_warning,
         raise HundredError(f"no valid {SUMMARY_NAME} in {', '.join(map(str, paths))} "
                            f"({len(files)} found, all malformed)")
     return runs
+
+
+def load_run_config(run: dict[str, Any]) -> dict[str, Any] | None:
+    """The ``config.yaml`` next to a run's summary, flattened to dotted keys
+    (``{"optim.lr": 0.1, "data.options.noise": 0.2, ...}``) without the keys that never change
+    results (:data:`CONFIG_IGNORED`: seed, run name, root, provenance, device...).
+
+    None when the run has no readable config (a summary written elsewhere, a copied file, a
+    broken YAML): the report then tells rows apart by their settings digest alone."""
+    path = run.get("summary_path")
+    if not path:
+        return None
+    try:
+        raw = yaml.safe_load((Path(path).parent / CONFIG_NAME).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    if not isinstance(raw, dict):
+        return None
+    flat: dict[str, Any] = {}
+
+    def walk(node: dict[str, Any], prefix: str) -> None:
+        for key, value in node.items():
+            name = f"{prefix}{key}"
+            if name in CONFIG_IGNORED:
+                continue
+            if isinstance(value, dict):  # an empty section or option mapping sets nothing
+                walk(value, f"{name}.")
+            else:
+                flat[name] = value
+
+    walk(raw, "")
+    return flat
 
 
 def common_root(runs: Sequence[dict[str, Any]]) -> str:

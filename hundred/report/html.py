@@ -26,14 +26,20 @@ tr.best td { font-weight: 600; }
 figure { display: inline-block; margin: 0.4rem 1rem 1rem 0; vertical-align: top; }
 figure img { max-width: 100%; width: 34rem; border: 1px solid #e5e5e5; }
 figcaption { color: #555; font-size: 0.85rem; max-width: 34rem; }
-.skipped { color: #8a4b00; }
+.warnings { border: 2px solid #d08700; background: #fff8e6; border-radius: 6px;
+            padding: 0.5rem 1rem; margin: 1rem 0 1.5rem; color: #5c3600; }
+.warnings h2 { margin: 0.2rem 0 0.4rem; font-size: 1.15rem; }
+.warnings li { margin: 0.2rem 0; overflow-wrap: anywhere; }
+td.warn { color: #8a4b00; font-weight: 600; }
 """
 
 
 def table_html(table: Table) -> str:
     """A :class:`Table` as an HTML ``<table>`` (cells escaped; numbers right-aligned)."""
     def cells(tag: str, values: Sequence[str]) -> str:
-        return "".join(f'<{tag} class="{a}">{escape(v)}</{tag}>' for a, v in zip(table.align, values))
+        # a flagged cell (``⚠ seeds repeated ...``) is set in the warning colour
+        return "".join(f'<{tag} class="{a}{" warn" if v.startswith("⚠") else ""}">{escape(v)}</{tag}>'
+                       for a, v in zip(table.align, values))
 
     # the best row of each protocol's leaderboard (rank 1) is set in bold
     best = ' class="best"'
@@ -49,12 +55,26 @@ def _figure(plot: Plot, out: Path) -> str:
             f"<figcaption>{escape(plot.caption)}</figcaption></figure>")
 
 
+def warnings_html(warnings: Sequence[str]) -> str:
+    """The Warnings box (empty text when there is nothing to warn about)."""
+    if not warnings:
+        return ""
+    items = "".join(f"<li>{escape(w)}</li>" for w in warnings)
+    count = f"{len(warnings)} warning{'s' * (len(warnings) != 1)}"
+    return (f'<div class="warnings" role="alert">\n<h2>⚠ Warnings</h2>\n'
+            f"<p>{count} about the runs behind this report:</p>\n<ul>{items}</ul>\n</div>")
+
+
 def render_page(tables: Sequence[Table], plots: Sequence[Sequence[Plot]], out: Path,
                 meta: Sequence[str], skipped: Sequence[str] = (),
-                title: str = "hundred report") -> str:
+                title: str = "hundred report", warnings: Sequence[str] = ()) -> str:
     """The whole page: ``plots[i]`` are the figures of ``tables[i]``; ``meta`` lines go under
-    the title (when, from where); ``skipped`` lists summaries left out, so a reader sees them."""
+    the title (when, from where); ``skipped`` (summaries left out) and ``warnings`` fill a
+    box right under them, so a reader sees them before any number."""
     parts = [f"<h1>{escape(title)}</h1>", *(f'<p class="meta">{escape(line)}</p>' for line in meta)]
+    box = warnings_html(list(dict.fromkeys([*skipped, *warnings])))
+    if box:
+        parts.append(box)
     track = None
     for table, figures in zip(tables, plots):
         if table.track != track:
@@ -63,10 +83,6 @@ def render_page(tables: Sequence[Table], plots: Sequence[Sequence[Plot]], out: P
         parts += ["<section>", f"<h3>{escape(table.title)}</h3>",
                   f'<p class="note">{escape(table.note)}</p>', table_html(table),
                   *(_figure(plot, out) for plot in figures), "</section>"]
-    if skipped:
-        parts.append("<h2>Skipped summaries</h2>")
-        parts.append("<ul>" + "".join(f'<li class="skipped">{escape(s)}</li>' for s in skipped)
-                     + "</ul>")
     body = "\n".join(parts)
     return (f'<!doctype html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
             f"<title>{escape(title)}</title>\n<style>{_STYLE}</style>\n</head>\n<body>\n{body}\n"

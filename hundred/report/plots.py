@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from hundred.io import atomic_open
-from hundred.report.aggregate import GroupRow, curve, mean_matrix
+from hundred.report.aggregate import GroupRow, curve, mean_matrix, settings_labels
 from hundred.report.collect import Warn, print_warning
 from hundred.report.tables import Table
 from hundred.track import StepSeries
@@ -46,12 +46,30 @@ def slug(text: str) -> str:
 
 def row_label(row: GroupRow, rows: Sequence[GroupRow]) -> str:
     """The method name, plus the model/memory/protocol when they tell rows of ``rows`` apart,
-    e.g. ``wa (tune-then-evaluate, tuned on synth10)``."""
+    e.g. ``wa (tune-then-evaluate, tuned on synth10)``, and the settings (differing config
+    keys, digest) when rows would otherwise share a label: ``wa (optim.lr=0.05 · 3f2a9c1b0d4e)``."""
     extras = [str(getattr(row, attr)) for attr in ("model", "memory", "protocol", "tuned_on")
               if len({getattr(other, attr) for other in rows}) > 1 and getattr(row, attr) is not None]
     if row.tuned_on is not None and extras and extras[-1] == row.tuned_on:
         extras[-1] = f"tuned on {row.tuned_on}"
+    settings = _settings_label(row, rows)
+    if settings is not None:
+        extras.append(settings)
     return row.method + (f" ({', '.join(extras)})" if extras else "")
+
+
+def _settings_label(row: GroupRow, rows: Sequence[GroupRow]) -> str | None:
+    """The row's settings text when another row of ``rows`` looks the same but for its
+    settings (see :func:`~hundred.report.aggregate.settings_labels`), else None."""
+    labels = settings_labels(rows)
+    if labels is None or sum(other.visible == row.visible for other in rows) < 2:
+        return None
+    return labels[next(i for i, other in enumerate(rows) if other is row)]
+
+
+def _where(row: GroupRow, rows: Sequence[GroupRow]) -> str:
+    """``wa on synth100 B0-Inc10`` for warnings (with the row's distinguishing label)."""
+    return f"{row_label(row, rows)} on {_setting(row)}"
 
 
 def _save(figure: Figure, path: Path) -> Path:
@@ -79,18 +97,24 @@ def step_curve(rows: Sequence[GroupRow], steps: StepSeries, path: Path,
     outside = len(rows) > 6
     figure = Figure(figsize=(8.8 if outside else 7.0, 4.6), layout="constrained")
     ax = figure.add_subplot()
-    # a method keeps its colour and marker across protocols; the protocol sets the line style
-    methods = list(dict.fromkeys(row.method for row in rows))
+    # a method keeps its colour and marker across protocols; the protocol sets the line style;
+    # rows of one method told apart only by their settings get colours of their own
+    def colour_key(row: GroupRow) -> tuple[str, str | None]:
+        return (row.method, _settings_label(row, rows))
+
+    methods = list(dict.fromkeys(colour_key(row) for row in rows))
     protocols = list(dict.fromkeys(row.protocol_label for row in rows))
     drawn = 0
     for row in rows:
         series = curve(row, steps.curve, steps.steps)
         if series is None:
-            warn(f"no {steps.curve} curve for {row.method} on {row.data} {row.scenario or ''}: "
-                 f"its runs disagree on {steps.steps}")
+            missing = sum(run.get(steps.curve) is None for run in row.runs)
+            reason = (f"{missing} of its {len(row.runs)} runs lack it" if missing else
+                      f"its runs disagree on {steps.steps}")
+            warn(f"no {steps.curve} curve drawn for {_where(row, rows)}: {reason}")
             continue
         classes, mean, std = series
-        index = methods.index(row.method)
+        index = methods.index(colour_key(row))
         colour = f"C{index % 10}"
         ax.plot(classes, mean, color=colour, marker=_MARKERS[index % len(_MARKERS)], markersize=5,
                 linestyle=_LINESTYLES[protocols.index(row.protocol_label) % len(_LINESTYLES)],
@@ -184,6 +208,9 @@ def plot_table(table: Table, out: Path, taken: set[str], warn: Warn = print_warn
         label = row_label(row, rows)
         path = step_matrix(row, steps, _free_name(out, f"{matrix_name}_{group}_{slug(label)}",
                                                   taken), label)
+        if path is None and any(run.get(steps.matrix) is not None for run in row.runs):
+            warn(f"no {steps.matrix} heatmap drawn for {_where(row, rows)}: some of its runs "
+                 "lack the matrix or the runs disagree on its shape")
         if path is not None:
             plots.append(Plot(path, f"{matrix_name.replace('_', ' ').capitalize()} of {label}: "
                                     f"row t ({steps.matrix_row_label} t), column j "

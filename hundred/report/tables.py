@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-from hundred.report.aggregate import GroupRow, Stat
+from hundred.report.aggregate import GroupRow, Stat, settings_labels
 from hundred.report.collect import common_root
 
 MISSING = "–"  # en dash: no run of the row reported this metric
@@ -82,10 +82,13 @@ def provenance(rows: Sequence[GroupRow]) -> str:
     directories = {os.path.dirname(run["summary_path"]) for run in runs}
     root = common_root(runs)
     primary = rows[0].spec.metrics[0]
+    repeated = sum(len(row.repeated) for row in rows)
+    left_out = (f" {repeated} more run{'s' * (repeated != 1)} repeated a seed and "
+                f"{'were' if repeated != 1 else 'was'} left out (see Warnings)." if repeated else "")
     return (f"{protocol} {len(runs)} runs (seeds {', '.join(map(str, seeds))}) from "
             f"{len(directories)} run director{'y' if len(directories) == 1 else 'ies'}"
             f"{f' under {display_path(root)}' if root else ''}. "
-            f"Values in %, mean ± sample std over seeds; ranked by {primary.label}.")
+            f"Values in %, mean ± sample std over seeds; ranked by {primary.label}.{left_out}")
 
 
 def leaderboard(rows: Sequence[GroupRow], title: str | None = None, note: str | None = None,
@@ -93,35 +96,45 @@ def leaderboard(rows: Sequence[GroupRow], title: str | None = None, note: str | 
     """A table of already-aggregated rows of one track, best first within each protocol.
 
     Columns: method, the descriptors (model, memory, protocol) that the track always shows or
-    that differ between rows, the tuned parameters when a row has them, seeds, then each metric of the track that some row reports.
-    ``extra_columns`` (header -> cell function) are appended, e.g. a rank change between two
-    leaderboards. ``title`` and ``note`` default to the dataset/scenario and the provenance.
+    that differ between rows, the tuned parameters when a row has them, ``settings`` when two
+    rows would otherwise look identical (see :func:`~hundred.report.aggregate.settings_labels`:
+    the config keys that differ, and the settings digest), seeds (distinct seeds counted),
+    then each metric of the track that some row reports. ``extra_columns`` (header -> cell
+    function) are appended, e.g. a rank change between two leaderboards, and last ``notes``
+    when a row is flagged (``⚠ seeds repeated ...``). ``title`` and ``note`` default to the
+    dataset/scenario and the provenance.
     """
     if not rows:
         raise ValueError("a leaderboard needs at least one row")
     if len({row.track for row in rows}) != 1:
         raise ValueError("a leaderboard holds rows of one track")
-    rows = sorted(rows, key=lambda r: (r.protocol, r.tuned_on or "", r.rank, r.method))
+    rows = sorted(rows, key=lambda r: (r.protocol, r.tuned_on or "", r.rank, r.method,
+                                       str(r.model), str(r.memory), r.settings or ""))
     spec = rows[0].spec
     descriptors = [(attr, label) for attr, label in _DESCRIPTORS
                    if label in spec.always_shown
                    or len({getattr(row, attr) for row in rows}) > 1
                    or (attr in _SHOWN_WHEN_PRESENT
                        and any(getattr(row, attr) is not None for row in rows))]
+    settings = settings_labels(rows)
     metrics = [m for i, m in enumerate(spec.metrics)
                if i == 0 or any(row.metrics[m.key].n for row in rows)]
     extra = dict(extra_columns or {})
-    header = ["method", *(label for _, label in descriptors), "seeds",
-              *(m.label for m in metrics), *extra]
-    align = ["l"] * (1 + len(descriptors)) + ["r"] * (1 + len(metrics)) + ["l"] * len(extra)
+    notes = any(row.notes for row in rows)
+    header = ["method", *(label for _, label in descriptors), *(["settings"] if settings else []),
+              "seeds", *(m.label for m in metrics), *extra, *(["notes"] if notes else [])]
+    align = (["l"] * (1 + len(descriptors) + bool(settings)) + ["r"] * (1 + len(metrics))
+             + ["l"] * (len(extra) + notes))
     body = []
-    for row in rows:
+    for index, row in enumerate(rows):
         cells = [row.method]
         cells += [MISSING if getattr(row, attr) is None else str(getattr(row, attr))
                   for attr, _ in descriptors]
+        cells += [settings[index]] if settings else []
         cells.append(str(len(row.runs)))
         cells += [format_stat(row.metrics[m.key], len(row.runs)) for m in metrics]
         cells += [cell(row) for cell in extra.values()]
+        cells += ["; ".join(row.notes)] if notes else []
         body.append(cells)
     return Table(title=title if title is not None else table_title(rows[0]),
                  note=note if note is not None else provenance(rows),

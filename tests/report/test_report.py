@@ -3,22 +3,30 @@
 from __future__ import annotations
 
 import json
+import os
+from html import escape
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from PIL import Image
 
 from hundred.cli import main
 from hundred.errors import HundredError
-from hundred.report import (aggregate, collect_runs, format_stat, leaderboard, markdown_tables,
-                            write_report)
+from hundred.report import (aggregate, build_tables, collect_runs, format_stat, leaderboard,
+                            markdown_tables, render_report, write_report)
 from hundred.report.aggregate import Stat
 
 
+SETTINGS = "5e771765abcd"  # a settings digest, as the engine writes it into every summary
+
+
 def incremental_summary(method: str, seed: int, final: float, *, data: str = "synth100",
-                        scenario: str = "B0-Inc10", tasks: int = 3, **extra: Any) -> dict[str, Any]:
-    """A plausible class-incremental summary whose curve falls linearly to ``final``."""
+                        scenario: str = "B0-Inc10", tasks: int = 3, settings: str | None = SETTINGS,
+                        **extra: Any) -> dict[str, Any]:
+    """A plausible class-incremental summary whose curve falls linearly to ``final``;
+    ``settings=None`` leaves the digest out, as summaries of older versions do."""
     classes = [10 * (t + 1) for t in range(tasks)]
     steps = [90.0 - (90.0 - final) * t / max(tasks - 1, 1) for t in range(tasks)]
     matrix = [[(steps[t] - 5 * (t - j)) if j <= t else None for j in range(tasks)]
@@ -30,16 +38,36 @@ def incremental_summary(method: str, seed: int, final: float, *, data: str = "sy
             "avg_incremental_accuracy": sum(steps) / tasks, "last_accuracy": steps[-1],
             "avg_forgetting": 10.0, "backward_transfer": -5.0, "old_accuracy": [None] * tasks,
             "new_accuracy": steps, "nme_avg_incremental_accuracy": None, "wall_seconds": 1.0,
-            **extra}
+            **({"settings": settings} if settings is not None else {}), **extra}
 
 
-def classify_summary(method: str, seed: int, top1: float, model: str = "resnet18") -> dict[str, Any]:
+def classify_summary(method: str, seed: int, top1: float, model: str = "resnet18",
+                     settings: str | None = SETTINGS) -> dict[str, Any]:
     return {"track": "classify", "method": method, "seed": seed, "data": "synth100",
-            "model": model, "val_top1": top1, "val_top5": top1 + 10, "val_loss": 1.0}
+            "model": model, "val_top1": top1, "val_top5": top1 + 10, "val_loss": 1.0,
+            **({"settings": settings} if settings is not None else {})}
 
 
-def write_run(root: Path, summary: dict[str, Any] | str) -> Path:
-    """Write one run directory under ``root`` and return it."""
+def run_config(summary: dict[str, Any], **sections: dict[str, Any]) -> dict[str, Any]:
+    """A config.yaml for ``summary``'s run: what the engine writes (abridged), with
+    ``sections`` merged in (``optim={"lr": 0.05}``)."""
+    config: dict[str, Any] = {
+        "track": summary["track"], "method": summary["method"],
+        "name": f"run-{summary['seed']}", "root": "runs", "seed": summary["seed"], "quiet": False,
+        "data": {"source": summary["data"], "classes": None, "options": {}, "batch_size": 128},
+        "model": {"name": summary.get("model"), "options": {}},
+        "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9},
+        "train": {"epochs": 10, "device": "cpu"}, "method_params": {},
+        "provenance": {"protocol": "conventional", "phase": None}}
+    for name, values in sections.items():
+        config[name] = {**config.get(name, {}), **values}
+    return config
+
+
+def write_run(root: Path, summary: dict[str, Any] | str,
+              config: dict[str, Any] | None = None) -> Path:
+    """Write one run directory under ``root`` (with ``config`` as its config.yaml when
+    given) and return it."""
     if isinstance(summary, str):
         run_dir = root / "broken"
         text = summary
@@ -48,6 +76,8 @@ def write_run(root: Path, summary: dict[str, Any] | str) -> Path:
         text = json.dumps(summary)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "summary.json").write_text(text)
+    if config is not None:
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     return run_dir
 
 
@@ -156,13 +186,166 @@ def test_malformed_summaries_are_skipped_with_a_warning(tmp_path: Path, capsys) 
     assert len(skipped) == 3
 
 
-def test_a_seed_counted_twice_is_warned_about(tmp_path: Path) -> None:
-    write_run(tmp_path / "a", incremental_summary("wa", 1, 60.0))
-    write_run(tmp_path / "b", incremental_summary("wa", 1, 62.0))
+def test_a_seed_run_twice_is_flagged_and_counted_once(tmp_path: Path) -> None:
+    """Two runs of seed 1 with the same settings are one seed: the newest run counts (the
+    older one is left out of the mean, the std, the curve and the matrix) and the row is
+    flagged in the table and the warnings."""
+    older = write_run(tmp_path / "a", incremental_summary("wa", 1, 60.0))
+    newer = write_run(tmp_path / "b", incremental_summary("wa", 1, 62.0))
+    write_run(tmp_path / "a", incremental_summary("wa", 2, 64.0))
+    os.utime(older / "summary.json", (1_000_000, 1_000_000))
+    os.utime(newer / "summary.json", (2_000_000, 2_000_000))
     messages: list[str] = []
     (row,) = aggregate(collect_runs([tmp_path]), warn=messages.append)
-    assert len(row.runs) == 2 and row.seeds == [1]
-    assert messages == ["wa on synth100: 2 runs but only 1 distinct seeds (1, 1); every run is counted"]
+    assert row.seeds == [1, 2] and len(row.runs) == 2
+    assert [run["summary_path"] for run in row.repeated] == [str(older / "summary.json")]
+    last = row.metrics["last_accuracy"]
+    assert last.n == 2 and last.mean == pytest.approx(63.0)  # 62 and 64; the older 60 is out
+    assert last.std == pytest.approx(2 ** 0.5)
+    (message,) = messages
+    assert message.startswith("wa on synth100 — B0-Inc10 (conventional, model resnet32, "
+                              f"memory 2000, settings {SETTINGS}): 3 runs but only 2 distinct seeds")
+    assert "counted once, keeping its newest run" in message and str(older) in message
+    assert row.warnings == (message,)
+
+    table = leaderboard([row])
+    cells = dict(zip(table.header, table.body[0]))
+    assert cells["seeds"] == "2" and cells["last acc"] == "63.0 ± 1.4"
+    assert cells["notes"].startswith("⚠ seeds repeated (seed 1 ×2)")
+    assert "1 more run repeated a seed and was left out" in table.note
+    # which run is newest decides; swapping the times keeps the other one
+    os.utime(older / "summary.json", (3_000_000, 3_000_000))
+    (row,) = aggregate(collect_runs([tmp_path]))
+    assert row.metrics["last_accuracy"].mean == pytest.approx(62.0)
+
+
+def test_different_settings_are_different_rows_named_by_the_differing_keys(tmp_path: Path) -> None:
+    """The same method with lr 0.05 and lr 0.1 (different settings digests) is two rows, each
+    with its own mean; the table says which config key tells them apart."""
+    for seed in (1, 2):
+        for lr, digest, final in ((0.05, "aaaaaaaaaaaa", 50.0), (0.1, "bbbbbbbbbbbb", 70.0)):
+            summary = incremental_summary("wa", seed, final + seed, settings=digest)
+            write_run(tmp_path / f"lr{lr}", summary, run_config(summary, optim={"lr": lr}))
+        write_run(tmp_path / "icarl", incremental_summary("icarl", seed, 40.0))
+    rows = aggregate(collect_runs([tmp_path]))
+    assert [(r.method, r.settings, len(r.runs)) for r in rows] == [
+        ("wa", "bbbbbbbbbbbb", 2), ("wa", "aaaaaaaaaaaa", 2), ("icarl", SETTINGS, 2)]
+    assert [r.metrics["last_accuracy"].mean for r in rows] == pytest.approx([71.5, 51.5, 40.0])
+    assert rows[0].config["optim.lr"] == 0.1 and "seed" not in rows[0].config
+    assert "train.device" not in rows[0].config and "name" not in rows[0].config
+
+    table = leaderboard(rows)
+    assert table.header[:3] == ["method", "protocol", "settings"]
+    settings = {cells[2] for cells in table.body}
+    # seed and run name differ between the runs too, but never change results
+    assert settings == {"optim.lr=0.1 · bbbbbbbbbbbb", "optim.lr=0.05 · aaaaaaaaaaaa", SETTINGS}
+    text = markdown_tables(rows)
+    assert "| wa | conventional | optim.lr=0.05 · aaaaaaaaaaaa | 2 |" in text
+
+    report = write_report([tmp_path], out=tmp_path / "out", warn=lambda m: None)
+    assert "optim.lr=0.05 · aaaaaaaaaaaa" in report.html.read_text()
+    matrices = sorted(p.name for p in report.plots if "matrix" in p.name)
+    assert len(matrices) == 3 and any("optim.lr-0.05" in name for name in matrices)
+    assert report.warnings == []
+
+
+def test_rows_without_configs_are_told_apart_by_their_digest(tmp_path: Path) -> None:
+    write_run(tmp_path / "a", incremental_summary("wa", 1, 50.0, settings="aaaaaaaaaaaa"))
+    write_run(tmp_path / "b", incremental_summary("wa", 1, 60.0, settings="bbbbbbbbbbbb"))
+    write_run(tmp_path / "c", incremental_summary("wa", 1, 55.0, settings=None))
+    rows = aggregate(collect_runs([tmp_path]), warn=lambda m: None)
+    assert len(rows) == 3 and not any(row.repeated for row in rows)
+    table = leaderboard(rows)
+    column = table.header.index("settings")
+    assert sorted(cells[column] for cells in table.body) == [
+        "aaaaaaaaaaaa", "bbbbbbbbbbbb", "settings unknown"]
+
+
+def test_same_settings_on_changed_data_are_separate_rows(tmp_path: Path) -> None:
+    """The config names the data (a path), not its content: runs whose data fingerprints
+    differ read different images and are not averaged together."""
+    for seed in (1, 2):
+        write_run(tmp_path / "old", incremental_summary("wa", seed, 60.0, data_fingerprint="f" * 16))
+    write_run(tmp_path / "new", incremental_summary("wa", 1, 40.0, data_fingerprint="e" * 16))
+    messages: list[str] = []
+    rows = aggregate(collect_runs([tmp_path]), warn=messages.append)
+    assert [(len(r.runs), r.metrics["last_accuracy"].mean) for r in rows] == [(2, 60.0), (1, 40.0)]
+    assert len(messages) == 2 and all("changed between runs" in m for m in messages)
+    table = leaderboard(rows)
+    column = table.header.index("settings")
+    assert [cells[column] for cells in table.body] == [f"{SETTINGS} · data {'f' * 16}",
+                                                       f"{SETTINGS} · data {'e' * 16}"]
+
+
+def test_summaries_without_settings_keep_one_row_and_warn(tmp_path: Path) -> None:
+    """Summaries of older versions have no digest: grouped as before, flagged as unknown."""
+    for seed in (1, 2):
+        write_run(tmp_path, incremental_summary("wa", seed, 60.0 + seed, settings=None))
+    messages: list[str] = []
+    (row,) = aggregate(collect_runs([tmp_path]), warn=messages.append)
+    assert row.settings is None and row.seeds == [1, 2]
+    assert messages == [
+        "wa on synth100 — B0-Inc10 (conventional, model resnet32, memory 2000, settings unknown): "
+        "2 runs without a settings digest (summaries written by an older hundred): runs trained "
+        "with different hyperparameters or data options cannot be told apart, and this row may "
+        "average them"]
+    assert "settings" not in leaderboard([row]).header  # nothing to tell apart
+    write_run(tmp_path / "bad", incremental_summary("wa", 3, 60.0, settings=7))
+    skipped: list[str] = []
+    assert len(collect_runs([tmp_path], warn=lambda m: None, skipped=skipped)) == 2
+    assert "'settings' must be a non-empty string" in skipped[0]
+
+
+def test_warnings_are_written_into_report_md_and_index_html(tmp_path: Path, capsys) -> None:
+    runs = tmp_path / "runs"
+    write_run(runs, "{not json")
+    write_run(runs / "a", incremental_summary("wa", 1, 60.0))
+    write_run(runs / "b", incremental_summary("wa", 1, 62.0))
+    write_run(runs / "old", incremental_summary("icarl", 1, 50.0, settings=None))
+    # a row whose runs disagree on the schedule: neither its curve nor its heatmap is drawn
+    write_run(runs, incremental_summary("lucir", 1, 50.0))
+    write_run(runs, incremental_summary("lucir", 2, 50.0, tasks=2))
+    report = write_report([runs], out=tmp_path / "out")
+    err = capsys.readouterr().err
+    assert len(report.warnings) == 5
+    skipped, repeated, unknown, no_curve, no_matrix = report.warnings
+    assert skipped.startswith("skipped ") and "not valid JSON" in skipped
+    assert "2 runs but only 1 distinct seed " in repeated and "counted once" in repeated
+    assert "icarl" in unknown and "without a settings digest" in unknown
+    assert no_curve.startswith("no step_top1 curve drawn for lucir on B0-Inc10 on synth100")
+    assert "disagree on classes_per_step" in no_curve
+    assert no_matrix.startswith("no accuracy_matrix heatmap drawn for lucir")
+    assert all(f"warning: {message}" in err for message in report.warnings)  # stderr too
+
+    markdown = report.markdown.read_text()
+    section = markdown[markdown.index("## Warnings"):markdown.index("## Track: incremental")]
+    assert "5 warnings" in section and all(f"- ⚠ {m}\n" in section for m in report.warnings)
+    assert "⚠ seeds repeated (seed 1 ×2)" in markdown  # the row's notes cell
+    page = report.html.read_text()
+    box = page[page.index('<div class="warnings"'):page.index("</div>")]
+    assert page.index(box) < page.index("<table>")  # seen before any number
+    assert all(f"<li>{escape(m)}</li>" in box for m in report.warnings)
+    assert '<td class="l warn">⚠ seeds repeated (seed 1 ×2)' in page
+
+
+def test_render_report_shows_the_warnings_of_the_rows_it_is_given(tmp_path: Path) -> None:
+    """``hundred check`` calls render_report with its own tables and no warnings argument:
+    the rows' warnings still reach both files; ``warnings=`` adds the caller's own."""
+    write_run(tmp_path / "a", incremental_summary("wa", 1, 60.0))
+    write_run(tmp_path / "b", incremental_summary("wa", 1, 62.0))
+    rows = aggregate(collect_runs([tmp_path]))
+    report = render_report(build_tables(rows), rows, tmp_path / "out", ["meta line"])
+    assert len(report.warnings) == 1 and "distinct seed" in report.warnings[0]
+    assert report.warnings[0] in report.markdown.read_text()
+    report = render_report(build_tables(rows), rows, tmp_path / "out2", ["meta"], (),
+                           "title", lambda m: None, warnings=["the caller's own"])
+    assert report.warnings[-1] == "the caller's own"
+    assert "the caller&#x27;s own" in report.html.read_text()
+    clean = tmp_path / "clean"
+    write_run(clean, incremental_summary("wa", 1, 60.0))
+    report = write_report([clean], out=tmp_path / "out3")
+    assert report.warnings == [] and "Warnings" not in report.markdown.read_text()
+    assert 'class="warnings"' not in report.html.read_text()
 
 
 def test_bad_paths_are_user_errors(tmp_path: Path) -> None:
