@@ -160,6 +160,12 @@ class TrainConfig(StrictModel):
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$",
                         description="auto | cpu | cuda | cuda:N")
 
+    @field_validator("amp", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: Any) -> Any:
+        """YAML 1.1 reads ``--set train.amp=off`` as False: take it as ``off``."""
+        return "off" if value is False else value
+
 
 class ProvenanceConfig(StrictModel):
     """Which protocol produced a run (copied into ``summary.json`` and every report row).
@@ -364,6 +370,27 @@ def _deep_update(target: dict[str, Any], update: dict[str, Any]) -> None:
             _deep_update(target[key], value)
         else:
             target[key] = value
+
+
+# Settings that never change a run's results: its identity, where and how verbosely it runs,
+# how often it checkpoints or evaluates, and memory-layout or compiler choices. Reports and
+# the settings digest ignore them, so runs differing only in these are one experiment.
+RESULT_NEUTRAL_KEYS = frozenset({
+    "seed", "name", "root", "quiet", "provenance", "train.device", "train.checkpoint_every",
+    "train.keep_checkpoints", "train.eval_every", "data.eval_batch_size",
+    "data.device_budget_gb", "model.channels_last", "model.compile"})
+
+
+def result_settings(config: RunConfig) -> dict[str, Any]:
+    """``config`` as a nested dict without :data:`RESULT_NEUTRAL_KEYS` (and the seed)."""
+    settings = config.model_dump(mode="json")
+    for key in RESULT_NEUTRAL_KEYS:
+        *parents, last = key.split(".")
+        node = settings
+        for part in parents:
+            node = node.get(part, {})
+        node.pop(last, None)
+    return settings
 
 
 def dump_yaml(config: RunConfig) -> str:

@@ -50,3 +50,20 @@ def test_cli_bad_config_fails_fast_with_clear_message(tmp_path):
     assert result.returncode == 2
     assert "optim.lrr" in result.stderr and "Traceback" not in result.stderr
     assert not any(tmp_path.iterdir())  # nothing was created
+
+
+def test_the_settings_digest_follows_results_not_bookkeeping():
+    from hundred.engine.run import settings_digest
+
+    base = build_config(overrides=["track=incremental"])
+    digest = settings_digest(base)
+    for neutral in ("seed=3", "name=x", "train.keep_checkpoints=4", "train.eval_every=2",
+                    "data.eval_batch_size=64", "train.device=cpu", "model.compile=true"):
+        assert settings_digest(build_config(overrides=["track=incremental", neutral])) == digest
+    for changing in ("optim.lr=0.05", "data.options={res: 16}", "incremental.memory=10",
+                     "method_params={temperature: 1.0}", "train.amp=off"):
+        assert settings_digest(build_config(overrides=["track=incremental", changing])) != digest
+
+
+def test_amp_off_on_the_command_line_means_off():
+    assert build_config(overrides=["train.amp=off"]).train.amp == "off"  # YAML reads False

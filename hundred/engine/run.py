@@ -20,7 +20,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from hundred.config import RunConfig, build_config, dump_yaml
+from hundred.config import RunConfig, build_config, dump_yaml, result_settings
 from hundred.data import Dataset, fingerprint, load_selection
 from hundred.data.loader import BatchLoader
 from hundred.engine.allocator import keep_freed_memory
@@ -170,12 +170,10 @@ def eval_loader(ctx: RunContext, dataset: Dataset, split_name: str = "val",
 
 
 def settings_digest(config: RunConfig) -> str:
-    """A short hash of everything in ``config`` that changes results, except the seed: runs
-    with the same digest differ only by seed, so reports may average them."""
-    fields = config.model_dump(mode="json", exclude={"seed", "name", "root", "quiet",
-                                                     "provenance"})
-    fields["train"].pop("device", None)
-    text = json.dumps(fields, sort_keys=True)
+    """A short hash of everything in ``config`` that changes results, except the seed
+    (:func:`~hundred.config.result_settings`): runs with the same digest differ only by seed,
+    so reports may average them."""
+    text = json.dumps(result_settings(config), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 

@@ -17,13 +17,14 @@ from typing import Any, Callable, Iterable, Sequence
 
 import yaml
 
+from hundred.config import RESULT_NEUTRAL_KEYS
 from hundred.errors import HundredError
 from hundred.track import ACCURACY_REPORT, ReportSpec, StepSeries
 
 SUMMARY_NAME = "summary.json"
 CONFIG_NAME = "config.yaml"
-# config keys that never change results, as in ``hundred.engine.run.settings_digest``
-CONFIG_IGNORED = frozenset({"seed", "name", "root", "quiet", "provenance", "train.device"})
+# config keys that never change results (the settings digest ignores them too)
+CONFIG_IGNORED = RESULT_NEUTRAL_KEYS
 DEFAULT_PROTOCOL = "conventional"
 TUNING_SUFFIX = " (tuning trials)"
 
