@@ -15,17 +15,22 @@ __all__ = ["ArraySplit", "Dataset", "FileSplit", "class_subset_indices", "finger
 def load(spec: str | Path, **options: Any) -> Dataset:
     """A decoded dataset ready for the loader: a packed directory (memory-mapped) or a source.
 
-    A directory holding ``meta.json`` is read as a packed dataset; anything else is opened as
-    a source spec (``synth100``, ``cifar10:PATH`` ...), which must yield decoded arrays
-    (image folders must be packed first).
+    A path holding ``meta.json`` is read as a packed dataset, checked first (meta.json's
+    fields, every array's sha256, dtype and shape, the label range: see
+    :mod:`hundred.data.pack`); a spec starting with a source name (``synth100``,
+    ``cifar10:PATH`` ...) is opened as that source, which must yield decoded arrays (image
+    folders must be packed first). Any other spec is a path that does not hold packed data,
+    and the :class:`~hundred.errors.HundredError` says why (missing, a file, no meta.json).
     """
-    from hundred.data.pack import is_packed, load_packed
+    from hundred.data.pack import load_packed, packed_path
     from hundred.data.sources import open_source
+    from hundred.errors import HundredError
 
-    if is_packed(Path(spec)):
+    path = packed_path(spec)
+    if path is not None:
         if options:
-            raise ValueError(f"a packed directory takes no source options, got {sorted(options)}")
-        return load_packed(Path(spec))
+            raise HundredError(f"a packed directory takes no source options, got {sorted(options)}")
+        return load_packed(path)
     dataset = open_source(str(spec), **options)
     for split in dataset.splits:
         dataset.arrays(split)  # clear error if a split is still files

@@ -15,7 +15,20 @@ from typing import Any
 
 import numpy as np
 
+from hundred.errors import HundredError
+
 SPLITS = ("train", "val")
+
+
+class MissingSplit(HundredError, KeyError):
+    """A split a dataset does not have: a user-facing error (the CLI prints one line), and
+    still a ``KeyError`` for code that catches one."""
+
+    __str__ = BaseException.__str__  # the message, not KeyError's repr of it
+
+
+class NotDecoded(HundredError, TypeError):
+    """A split that is still image files where decoded arrays are needed (pack it first)."""
 
 
 @dataclass(frozen=True)
@@ -32,6 +45,7 @@ class ArraySplit:
             )
         if self.labels.shape != (len(self.images),):
             raise ValueError(f"{len(self.images)} images but labels of shape {self.labels.shape}")
+        _check_label_dtype(self.labels)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -51,6 +65,7 @@ class FileSplit:
     def __post_init__(self) -> None:
         if self.labels.shape != (len(self.files),):
             raise ValueError(f"{len(self.files)} files but labels of shape {self.labels.shape}")
+        _check_label_dtype(self.labels)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -74,6 +89,10 @@ class Dataset:
     def __post_init__(self) -> None:
         if len(self.class_ids) != len(self.class_names):
             raise ValueError("class_ids and class_names differ in length")
+        for name, split in self.splits.items():
+            problem = labels_outside(split.labels, self.num_classes)
+            if problem:
+                raise HundredError(f"{self.name}/{name}: {problem}")
 
     @property
     def num_classes(self) -> int:
@@ -86,14 +105,34 @@ class Dataset:
     def arrays(self, split: str) -> ArraySplit:
         """The decoded arrays of ``split``; a clear error if it is missing or not decoded."""
         if split not in self.splits:
-            raise KeyError(f"{self.name} has no split {split!r} (has {sorted(self.splits)})")
+            raise MissingSplit(f"{self.name} has no split {split!r} (has {sorted(self.splits)})")
         data = self.splits[split]
         if not isinstance(data, ArraySplit):
-            raise TypeError(
+            raise NotDecoded(
                 f"{self.name}/{split} is a folder of image files; pack it first: "
                 f"hundred data pack <source> --res R --out DIR"
             )
         return data
+
+
+def _check_label_dtype(labels: np.ndarray) -> None:
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels must be integers, got {labels.dtype}")
+
+
+def labels_outside(labels: np.ndarray, num_classes: int) -> str | None:
+    """Why ``labels`` do not all lie in ``[0, num_classes)``, naming the first offender and
+    its index, or ``None`` when they do. A label out of range would otherwise surface as an
+    ``IndexError`` (or a silently wrong one-hot) in the middle of an epoch."""
+    if not len(labels):
+        return None
+    low, high = labels.min(), labels.max()
+    if 0 <= low and high < num_classes:
+        return None
+    bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+    first = int(bad[0])
+    return (f"label {int(labels[first])} at index {first} is outside [0, {num_classes}) "
+            f"({len(bad)} of {len(labels)} labels are)")
 
 
 def class_subset_indices(labels: np.ndarray, classes: np.ndarray | list[int]) -> np.ndarray:
