@@ -190,9 +190,9 @@ def _cmd_tune(args: argparse.Namespace) -> None:
     base = base_config(track, method, args.data, args.budget, args.config,
                        _track_overrides(args, track) + args.set, root=args.root,
                        device=args.device)
-    tune(base, method, args.trials, storage=args.storage, study_name=args.study, sampler=args.sampler,
-         sampler_seed=args.sampler_seed, budget=args.budget, space_file=args.space, out=args.out,
-         verbose=args.verbose)
+    tune(base, method, args.trials, storage=args.storage, study_name=args.study,
+         sampler=args.sampler, sampler_seed=args.sampler_seed, budget=args.budget,
+         space_file=args.space, out=args.out, verbose=args.verbose, heartbeat=args.heartbeat)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
@@ -231,7 +231,19 @@ def _cmd_check(args: argparse.Namespace) -> None:
     check(track, methods, args.tune_data, args.eval_data, args.trials, args.seeds,
           budget=args.budget, sampler=args.sampler, sampler_seed=args.sampler_seed,
           out=args.out, files=args.config, overrides=_track_overrides(args, track) + args.set,
-          device=args.device, space_file=args.space, verbose=args.verbose)
+          device=args.device, space_file=args.space, verbose=args.verbose,
+          heartbeat=args.heartbeat)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of seconds, got {text!r}"
+                                         ) from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _add_protocol_options(parser: argparse.ArgumentParser, search: bool) -> None:
@@ -252,6 +264,11 @@ def _add_protocol_options(parser: argparse.ArgumentParser, search: bool) -> None
         parser.add_argument("--sampler", default="random", choices=["random", "tpe"],
                             help="random search (the paper's) or TPE")
         parser.add_argument("--sampler-seed", type=int, default=0, help="seed of the search")
+        parser.add_argument("--heartbeat", type=_positive_int, default=60, metavar="SECONDS",
+                            help="a running trial's heartbeat interval (default 60); a trial "
+                            "silent for 2 intervals belonged to a worker that died and is "
+                            "marked failed when any worker of the study next starts or "
+                            "finishes a trial")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -336,7 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--trials", type=int, default=10,
                       help="run until the study holds this many complete trials (default 10)")
     tune.add_argument("--storage", help="SQLAlchemy URL of the study database (default "
-                      "sqlite:///<root>/studies.db; postgresql://... for many machines)")
+                      "sqlite:///<root>/studies.db; postgresql+psycopg://USER:PASS@HOST/DB for "
+                      "workers on many machines, see docs/protocol.md)")
     tune.add_argument("--study", help="study name (default <track>-<method>-<data>-<scenario>)")
     tune.add_argument("--out", help="best-parameters YAML (default <root>/best/<study>.yaml)")
     tune.add_argument("--root", help="runs root directory (default runs)")

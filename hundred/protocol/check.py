@@ -151,9 +151,12 @@ def check(track: Track, methods: Sequence[str] = (),
           sampler_seed: int = 0, out: str | Path | None = None,
           files: Sequence[str | Path] = (), overrides: Sequence[str] = (),
           device: str | None = None, space_file: str | Path | None = None,
-          verbose: bool = False, console: Console | None = None) -> CheckResult:
+          verbose: bool = False, console: Console | None = None,
+          heartbeat: int | None = None) -> CheckResult:
     """Tune every method on ``tune_data``, evaluate its best parameters on ``eval_data`` over
-    ``seeds`` seeds, print both leaderboards and write the report into ``out``. ``methods``
+    ``seeds`` seeds, print both leaderboards and write the report into ``out``. ``heartbeat``
+    is the tuning trials' heartbeat in seconds (see :func:`~hundred.protocol.tune.tune`).
+    ``methods``
     defaults to the track's ``check_methods``; ``overrides`` (``--set`` and the track's
     shortcuts, e.g. its scenario) apply to every run."""
     methods = list(methods or track.check_methods)
@@ -184,7 +187,8 @@ def check(track: Track, methods: Sequence[str] = (),
     storage = default_storage(out)
     log.print("[bold]Phase 1: tuning[/bold]")
     bests = [tune(bases[m], classes[m], trials, storage=storage, sampler=sampler, sampler_seed=sampler_seed,
-                  budget=budget, space_file=space_file, verbose=verbose, console=log).best
+                  budget=budget, space_file=space_file, verbose=verbose, console=log,
+                  heartbeat=heartbeat).best
              for m in methods]
     log.print("[bold]Phase 2: evaluation with frozen parameters[/bold]")
     evaluation_runs = []

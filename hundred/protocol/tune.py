@@ -18,6 +18,11 @@ How a study is kept honest and robust:
   and concurrent workers never repeat each other; TPE is available too;
 * a trial that fails (a HundredError, e.g. a NaN loss or a batch larger than a task's data)
   is recorded as FAIL and the study continues (up to a cap of failures per worker);
+* every running trial sends a heartbeat (``--heartbeat`` seconds, default 60); a trial whose
+  heartbeat is older than the grace period (2 heartbeats) belonged to a worker that died and
+  is marked FAIL, with the reason in its ``error`` attribute, as soon as any worker of the
+  study starts or finishes a trial, so no trial stays RUNNING forever; it counts neither
+  toward ``--trials`` nor toward the failure cap of the worker that notices it;
 * the study remembers its base settings and space, and refuses to be continued with
   different ones (the trials would not be comparable);
 * the best parameters go to a YAML file with everything the evaluation phase needs.
@@ -26,7 +31,9 @@ How a study is kept honest and robust:
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
+import inspect
 import io
 import json
 import os
@@ -35,7 +42,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Literal, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal, Optional, Sequence
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -55,6 +62,9 @@ if TYPE_CHECKING:
 
 PROTOCOL = "tune-then-evaluate"
 SAMPLERS = ("random", "tpe")
+DEFAULT_HEARTBEAT = 60  # seconds between a running trial's heartbeats
+GRACE_HEARTBEATS = 2  # a trial is stale after this many heartbeat intervals without one
+STALE = "stopped (no heartbeat for"  # in the error of a trial failed for a stale heartbeat
 
 
 # -- names -------------------------------------------------------------------------------------
@@ -114,42 +124,96 @@ def default_storage(root: str | Path) -> str:
     return f"sqlite:///{Path(root) / 'studies.db'}"
 
 
-def open_storage(url: str) -> "optuna.storages.RDBStorage":
+def grace_period(heartbeat: int) -> int:
+    """Seconds without a heartbeat after which a running trial counts as abandoned."""
+    return GRACE_HEARTBEATS * heartbeat
+
+
+def stale_error(worker: str | None, heartbeat: int) -> str:
+    """The ``error`` recorded on a trial failed because its worker's heartbeat stopped."""
+    return f"worker {worker or '(unknown)'} {STALE} {grace_period(heartbeat)} s)"
+
+
+@functools.cache
+def _storage_class() -> type:
+    """``RDBStorage`` that writes the reason on a stale trial before it is failed (Optuna
+    refuses attributes on a finished trial, so its failure callback comes too late for that)."""
+    import optuna
+
+    class Storage(optuna.storages.RDBStorage):  # type: ignore[misc]
+        def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+            stale = []
+            for trial_id in super()._get_stale_trial_ids(study_id):
+                try:
+                    worker = self.get_trial(trial_id).user_attrs.get("worker")
+                    self.set_trial_user_attr(trial_id, "error",
+                                             stale_error(worker, int(self.heartbeat_interval)))
+                except optuna.exceptions.UpdateFinishedTrialError:
+                    continue  # another worker failed it a moment ago
+                stale.append(trial_id)
+            return stale
+
+    return Storage
+
+
+def open_storage(url: str, heartbeat: int = DEFAULT_HEARTBEAT,
+                 on_stale: "Callable[[optuna.Study, optuna.trial.FrozenTrial], None] | None" = None,
+                 ) -> "optuna.storages.RDBStorage":
     """An RDB storage for ``url``. SQLite gets a long lock timeout (several workers write to
-    one file) and its folder is created; trials of a killed worker are failed by the
-    heartbeat once stale."""
+    one file) and its folder is created. Running trials send a heartbeat every ``heartbeat``
+    seconds; one silent for :func:`grace_period` is failed (``on_stale`` is then called with
+    it) when a worker next calls :func:`optuna.storages.fail_stale_trials`, which
+    ``study.optimize`` does before every trial and :func:`tune` after every trial."""
     import optuna
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
+    if heartbeat < 1:
+        raise HundredError(f"--heartbeat must be at least 1 second, got {heartbeat}")
     try:
         parsed = make_url(url)
     except ArgumentError:
         raise HundredError(f"--storage {url!r} is not a database URL (e.g. "
-                           "sqlite:///runs/studies.db, postgresql://user@host/db)") from None
+                           "sqlite:///runs/studies.db, postgresql+psycopg://user@host/db)") from None
     engine_kwargs: dict[str, Any] = {}
     if parsed.get_backend_name() == "sqlite":
         engine_kwargs = {"connect_args": {"timeout": 120}}
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    storage_class = _storage_class()
+    callback: dict[str, Any] = {}
+    if on_stale is not None:  # renamed in Optuna 4.9 (the old name warns)
+        name = ("heartbeat_stale_trial_callback"
+                if "heartbeat_stale_trial_callback" in inspect.signature(storage_class).parameters
+                else "failed_trial_callback")
+        callback = {name: on_stale}
     from sqlalchemy.exc import IntegrityError, OperationalError
 
     for attempt in range(6):
         try:
             with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna's words
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs,
-                                                  heartbeat_interval=60, grace_period=600)
+                return storage_class(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat,
+                                     grace_period=grace_period(heartbeat), **callback)
         except (OperationalError, IntegrityError) as error:
-            # two workers creating the schema of a new SQLite file at once: one of them finds
-            # "table ... already exists" or a duplicate alembic version row; the schema is
-            # complete a moment later
+            # two workers creating the schema of a new database (SQLite file or PostgreSQL)
+            # at once: one of them finds "table ... already exists" or a duplicate alembic
+            # version row; the schema is complete a moment later
             if attempt == 5:
                 raise HundredError(f"cannot open the study storage {redact(url)}: {error}") from None
             time.sleep(0.5 * (attempt + 1))
         except Exception as error:  # other driver errors: say which storage, not a traceback
             raise HundredError(f"cannot open the study storage {redact(url)}: {error}") from None
     raise AssertionError("unreachable")
+
+
+def fail_stale_trials(study: "optuna.Study") -> None:
+    """Fail the study's trials whose worker stopped sending heartbeats (see :func:`open_storage`)."""
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
 
 
 def redact(url: str) -> str:
@@ -299,20 +363,28 @@ def tune(base: RunConfig, method: "type[Method]", trials: int, storage: str | No
          study_name: str | None = None, sampler: str = "random", sampler_seed: int = 0, budget: str = "quick",
          space_file: str | Path | None = None, out: str | Path | None = None,
          verbose: bool = False, console: Console | None = None,
-         max_failures: int | None = None) -> TuneResult:
+         max_failures: int | None = None, heartbeat: int | None = None) -> TuneResult:
     """Run trials of ``method`` (the class of ``base.method``) on ``base``'s data until the
     study holds ``trials`` complete trials, then write the best parameters (YAML) and return
     them.
 
     ``base`` comes from :func:`base_config`. ``storage`` defaults to
     ``sqlite:///<root>/studies.db``, ``study_name`` to ``<track>-<method>-<data>-<scenario>``,
-    ``out`` to ``<root>/best/<study>.yaml``. Unless ``verbose``, each trial's console output
-    goes to ``console.log`` in its run directory and one line per trial is printed.
+    ``out`` to ``<root>/best/<study>.yaml``, ``heartbeat`` (seconds between a running trial's
+    heartbeats) to 60. Unless ``verbose``, each trial's console output goes to
+    ``console.log`` in its run directory and one line per trial is printed.
+
+    Several workers (processes, machines) may run this on one study at once: each stops once
+    the study holds ``trials`` complete trials after one of its own trials, so the study ends
+    with at least ``trials`` and at most ``trials + workers - 1`` complete ones (the others'
+    trials then under way still finish). Each writes the best-parameters file from the study
+    as it stands when it stops; the last one to stop writes the final one.
     """
     import optuna
 
     if trials < 1:
         raise HundredError(f"--trials must be at least 1, got {trials}")
+    heartbeat = heartbeat if heartbeat is not None else DEFAULT_HEARTBEAT
     console = console or Console(stderr=True)
     track = get_track(base.track)
     objective_name = track.primary.key
@@ -324,9 +396,15 @@ def tune(base: RunConfig, method: "type[Method]", trials: int, storage: str | No
     study_name = study_name or "-".join(
         part for part in (base.track, base.method, base.data.label, label) if part)
     storage = storage or default_storage(base.root)
+
+    def on_stale(study: "optuna.Study", trial: "optuna.trial.FrozenTrial") -> None:
+        error = trial.user_attrs.get("error") or stale_error(trial.user_attrs.get("worker"), heartbeat)
+        console.print(f"[{study_name}] trial {trial.number} FAILED: {error}; not counted",
+                      highlight=False, markup=False)
+
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # one line per trial comes from here
     study = optuna.create_study(
-        study_name=study_name, storage=open_storage(storage),
+        study_name=study_name, storage=open_storage(storage, heartbeat, on_stale),
         sampler=make_sampler(sampler, sampler_seed, trials),
         direction=track.direction, load_if_exists=True)
     fixed = fixed_settings(base)
@@ -336,8 +414,10 @@ def tune(base: RunConfig, method: "type[Method]", trials: int, storage: str | No
     me = worker_id()
     failures: list[str] = []
     max_failures = max_failures if max_failures is not None else max(3, trials)
+    current: dict[str, int] = {}  # the number of the trial this worker is running
 
     def objective(trial: "optuna.Trial") -> float:
+        current["number"] = trial.number
         params = spaces.suggest(trial, space)
         name = f"tune-{slug(study_name)}-t{trial.number:04d}"
         config = spaces.apply(base, params, origin=f"trial {trial.number}")
@@ -363,6 +443,8 @@ def tune(base: RunConfig, method: "type[Method]", trials: int, storage: str | No
         return float(summary[objective_name])
 
     def after_trial(study: "optuna.Study", trial: "optuna.trial.FrozenTrial") -> None:
+        current.pop("number", None)
+        fail_stale_trials(study)  # another worker's abandoned trial: FAIL, not counted here
         complete = len(_complete(study))
         params = spaces.format_params(trial.params)
         if trial.state == optuna.trial.TrialState.COMPLETE:
@@ -377,19 +459,47 @@ def tune(base: RunConfig, method: "type[Method]", trials: int, storage: str | No
         if complete >= trials or len(failures) >= max_failures:
             study.stop()
 
+    def lost_to_heartbeat() -> bool:
+        """Whether this worker's running trial was failed meanwhile by another worker that
+        found its heartbeat stale (this process was stalled longer than the grace period)."""
+        number = current.pop("number", None)
+        if number is None:
+            return False
+        mine = [t for t in study.get_trials(deepcopy=False) if t.number == number]
+        return bool(mine) and mine[0].state == optuna.trial.TrialState.FAIL \
+            and STALE in str(mine[0].user_attrs.get("error", ""))
+
+    fail_stale_trials(study)
     done = len(_complete(study))
     if done < trials:
         console.print(f"[{study_name}] {done} complete trials in {redact(storage)}; running "
-                      f"until {trials} ({sampler} search, budget {budget}, worker {me})",
-                      highlight=False, markup=False)
-        study.optimize(objective, callbacks=[after_trial], catch=(HundredError,),
-                       gc_after_trial=True)
+                      f"until {trials} ({sampler} search, budget {budget}, worker {me}, "
+                      f"heartbeat {heartbeat} s)", highlight=False, markup=False)
+    while len(_complete(study)) < trials and len(failures) < max_failures:
+        try:
+            study.optimize(objective, callbacks=[after_trial], catch=(HundredError,),
+                           gc_after_trial=True)
+        except Exception as error:  # Optuna, telling a trial failed meanwhile: "Cannot tell a
+            if not lost_to_heartbeat():  # FAIL trial" (or else, depending on the moment)
+                raise
+            console.print(f"[{study_name}] a trial of this worker was failed by another one "
+                          f"(no heartbeat for {grace_period(heartbeat)} s: was this process "
+                          f"stalled?); its result is dropped ({error})",
+                          highlight=False, markup=False)
+            fail_stale_trials(study)
+    fail_stale_trials(study)
     if len(_complete(study)) < trials and len(failures) >= max_failures:
         raise HundredError(f"study {study_name}: {len(failures)} trials failed in this worker "
                            f"(last error: {failures[-1]}); stopped")
-    best = best_params(study, storage, sampler, budget, space, fixed, base)
     best_path = Path(out) if out else default_best_path(base.root, study_name)
-    write_text(best_path, yaml.safe_dump(best.model_dump(mode="json"), sort_keys=False))
+    best = None
+    for _ in range(5):  # rewritten while other workers' trials end meanwhile
+        latest = best_params(study, storage, sampler, budget, space, fixed, base)
+        if latest == best:
+            break
+        best = latest
+        write_text(best_path, yaml.safe_dump(best.model_dump(mode="json"), sort_keys=False))
+    assert best is not None
     console.print(f"[{study_name}] best: trial {best.best_trial}, {best.objective} "
                   f"{best.value:.2f} ({spaces.format_params(best.params)}) -> {best_path}",
                   highlight=False, markup=False)

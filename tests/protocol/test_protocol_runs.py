@@ -1,6 +1,7 @@
 """The protocol end to end at tiny scale: `check` prints both leaderboards and writes its
 report; the evaluation phase never loads the tuning data; every run records its provenance;
-a killed study resumes keeping its trials; two workers on one SQLite study both add trials."""
+a killed study resumes keeping its trials; two workers on one SQLite study both add trials;
+a dead worker's trial is failed by its stale heartbeat (PostgreSQL: test_postgres.py)."""
 
 from __future__ import annotations
 
@@ -234,3 +235,71 @@ def test_tpe_study_refuses_other_settings_and_failures_are_recorded(tmp_path, sp
     failed = load(tmp_path, "bad").trials
     assert [t.state for t in failed] == [optuna.trial.TrialState.FAIL] * 2
     assert all("no batch" in t.user_attrs["error"] for t in failed)
+
+
+
+def age_heartbeat(database: Path, study: str, number: int) -> None:
+    """Make trial ``number``'s last heartbeat a minute old, as if its worker had died then."""
+    with contextlib.closing(sqlite3.connect(database, timeout=30)) as connection, connection:
+        connection.execute(
+            "UPDATE trial_heartbeats SET heartbeat = datetime('now', '-60 seconds') WHERE trial_id ="
+            " (SELECT trial_id FROM trials JOIN studies USING (study_id) WHERE study_name = ?"
+            " AND number = ?)", (study, number))
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # the abandoned trial's study.ask()
+def test_stale_trials_are_failed_and_not_counted(tmp_path, space_file, monkeypatch):
+    """Heartbeats (1 s, grace 2 s): a trial left RUNNING by a dead worker is failed when a worker
+    starts; a trial of this worker whose heartbeat stops is failed by another worker meanwhile
+    and dropped here; neither counts toward --trials or this worker's failure cap (1)."""
+    from rich.console import Console
+
+    from hundred.protocol import tune as tuning
+
+    url, database = f"sqlite:///{tmp_path / 'studies.db'}", tmp_path / "studies.db"
+    storage = tuning.open_storage(url, heartbeat=1)
+    abandoned = optuna.create_study(study_name="stale", storage=storage, direction="maximize").ask()
+    abandoned.set_user_attr("worker", "elsewhere:1")
+    storage.record_heartbeat(abandoned._trial_id)
+    age_heartbeat(database, "stale", abandoned.number)
+
+    beaten: set[int] = set()
+    record = tuning._storage_class().record_heartbeat
+
+    def first_heartbeat_only(self, trial_id):  # from here on, a trial beats once, then stalls
+        if trial_id not in beaten:
+            beaten.add(trial_id)
+            record(self, trial_id)
+
+    original = scenario.load_data
+    stalled: list[int] = []
+
+    def fail_first_trial(config):  # meanwhile "another worker" finds trial 1 stale and fails it
+        if not stalled:
+            stalled.append(config.provenance.trial)
+            age_heartbeat(database, "stale", config.provenance.trial)
+            tuning.fail_stale_trials(optuna.load_study(study_name="stale",
+                                                       storage=tuning.open_storage(url, 1)))
+        return original(config)
+
+    monkeypatch.setattr(tuning._storage_class(), "record_heartbeat", first_heartbeat_only)
+    monkeypatch.setattr(scenario, "load_data", fail_first_trial)
+    printed = io.StringIO()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        result = tuning.tune(tiny_base(tmp_path), WA, 2, storage=url, study_name="stale",
+                             space_file=space_file, heartbeat=1, max_failures=1,
+                             console=Console(file=printed, width=400))
+    finally:
+        torch.set_num_threads(threads)
+    said = printed.getvalue()
+    trials = load(tmp_path, "stale").trials
+    fail, complete = optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE
+    assert [t.state for t in trials] == [fail, fail, complete, complete] and stalled == [1]
+    assert trials[0].user_attrs["error"] == "worker elsewhere:1 stopped (no heartbeat for 2 s)"
+    assert trials[1].user_attrs["error"] == f"worker {tuning.worker_id()} stopped (no heartbeat for 2 s)"
+    assert "trial 0 FAILED: worker elsewhere:1 stopped (no heartbeat for 2 s); not counted" in said
+    assert "a trial of this worker was failed by another one" in said
+    assert (result.best.trials_complete, result.best.trials_failed) == (2, 2)
+    assert result.best.best_trial in (2, 3)
