@@ -121,7 +121,7 @@ def _cmd_run(args: argparse.Namespace) -> None:
     track_overrides = _track_overrides(args, track)
     if args.resume is not None:
         given = [k for k in _RUN_SHORTCUTS if getattr(args, k) is not None]
-        if given or track_overrides or args.config or args.set or args.quick:
+        if given or track_overrides or args.config or args.set or args.quick or args.replace:
             raise HundredError("--resume continues a run with its stored config.yaml; "
                                f"drop the other options ({', '.join(given) or '--config/--set'})")
         from hundred.engine.run import config_for_resume
@@ -141,6 +141,12 @@ def _cmd_run(args: argparse.Namespace) -> None:
             files.insert(0, track.quick_preset)
         config = build_config(files, overrides + args.set)
     method = track.method_class(config.method)(config.method_params, config)  # validate now
+    if args.replace:
+        from hundred.engine.rundir import remove_unfinished
+
+        if config.name is None:
+            raise HundredError("--replace starts a named run again: give its --name")
+        remove_unfinished(Path(config.root) / config.track / config.method / config.name)
     track.run(config, Path(args.resume) if args.resume else None, method)
 
 
@@ -325,6 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quick", action="store_true",
                      help="a small budget (fewer images and epochs) for a first look")
     run.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run exactly")
+    run.add_argument("--replace", action="store_true", help="start the unfinished (failed or "
+                     "killed) run of this --name again from scratch; a finished run is kept")
     run.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     run.set_defaults(func=_cmd_run, track_shortcuts=[s[0].dest for s in shortcuts.values()])
 
@@ -404,6 +412,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         func(args)
     except HundredError as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # the file system said no (read-only, full, permissions)
+        where = f": {error.filename}" if error.filename else ""
+        print(f"error: {error.strerror or error}{where}", file=sys.stderr)
         return 2
     return 0
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -76,6 +77,19 @@ def describe_existing(path: Path) -> str:
             reason = " (it failed)"
     return (f"run directory {path} holds an unfinished run{reason}; continue it with --resume "
             f"{path}, or start it again with --replace")
+
+
+def remove_unfinished(path: Path) -> None:
+    """Delete the unfinished run at ``path`` (``--replace``); a finished run (it has a
+    ``summary.json``) is refused, so a result is never deleted by a flag."""
+    if not path.exists():
+        return
+    if (path / SUMMARY).is_file():
+        raise HundredError(f"--replace: {path} holds a finished run; it is kept (remove it "
+                           "yourself, or pick another --name)")
+    if not (path / "config.yaml").is_file():
+        raise HundredError(f"--replace: {path} is not a run directory; it is kept")
+    shutil.rmtree(path)
 
 
 def mark_failed(run_dir: Path, error: BaseException) -> None:

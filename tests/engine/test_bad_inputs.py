@@ -165,3 +165,39 @@ def test_a_diverging_learning_rate_stops_with_one_line(tmp_path, capsys, lr, mes
     assert not (tmp_path / "classify/erm/diverged/summary.json").exists()
     if message == "NaN or infinite":
         assert (tmp_path / "classify/erm/diverged/failed.json").is_file()
+
+
+def cli_args(root: Path, name: str) -> list[str]:
+    sets = [a for s in TINY[2:] for a in ("--set", s)]
+    return ["run", "classify", "erm", "--root", str(root), "--name", name, *sets]
+
+
+def test_replace_starts_an_unfinished_run_again_but_keeps_a_finished_one(tmp_path, monkeypatch,
+                                                                          capsys):
+    from hundred.cli import main
+
+    monkeypatch.setattr(ERM, "on_epoch_start", crash_at_epoch(1))
+    with pytest.raises(Killed):
+        main(cli_args(tmp_path, "again"))
+    monkeypatch.undo()
+    assert main(cli_args(tmp_path, "again")) == 2
+    assert "--replace" in capsys.readouterr().err
+    assert main(cli_args(tmp_path, "again") + ["--replace"]) == 0
+    run_dir = tmp_path / "classify/erm/again"
+    assert (run_dir / "summary.json").is_file() and not (run_dir / "failed.json").exists()
+    assert main(cli_args(tmp_path, "again") + ["--replace"]) == 2
+    assert "finished run; it is kept" in capsys.readouterr().err
+    assert (run_dir / "summary.json").is_file()
+
+
+def test_a_file_system_that_says_no_is_one_line(tmp_path, monkeypatch, capsys):
+    from hundred.cli import main
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(tmp_path / "x"))
+
+    monkeypatch.setattr("hundred.io.tempfile.mkstemp", read_only)  # every file write's first step
+    assert main(cli_args(tmp_path, "ro")) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert error[-1].startswith("error: Read-only file system") and len(
+        [line for line in error if line.startswith("error:")]) == 1
