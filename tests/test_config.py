@@ -67,3 +67,12 @@ def test_the_settings_digest_follows_results_not_bookkeeping():
 
 def test_amp_off_on_the_command_line_means_off():
     assert build_config(overrides=["train.amp=off"]).train.amp == "off"  # YAML reads False
+
+
+@pytest.mark.parametrize("override, key", [
+    ("optim.lr={a: [}", "not valid YAML"), ("train.device=banana", "train.device"),
+    ("train.device=cuda:x", "train.device"), ("optim.lr=.inf", "optim.lr"),
+    ("name=../elsewhere", "name"), ("incremental.memory=10", "incremental: unknown key")])
+def test_bad_values_on_the_command_line_are_one_clear_error(override, key):
+    with pytest.raises(HundredError, match=key):
+        build_config(overrides=[override])
