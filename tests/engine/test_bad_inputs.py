@@ -40,6 +40,15 @@ def crash_at_epoch(epoch: int):
     return on_epoch_start
 
 
+def crashed_run(root: Path, name: str, epoch: int, monkeypatch) -> Path:
+    """Run ``name`` until it crashes at the start of ``epoch``; returns its run directory."""
+    with monkeypatch.context() as patch:
+        patch.setattr(ERM, "on_epoch_start", crash_at_epoch(epoch))
+        with pytest.raises(Killed):
+            TRACK.run(tiny(root, f"name={name}"))
+    return root / "classify/erm" / name
+
+
 @pytest.mark.parametrize("name", ["../escape", "/tmp/abs", "a/b", "..", "a\\b", " "])
 def test_run_names_that_would_leave_the_root_are_refused(tmp_path, name):
     with pytest.raises(HundredError, match="name"):
@@ -59,11 +68,7 @@ def test_an_unwritable_root_is_one_clear_error(tmp_path, monkeypatch):
 
 
 def test_a_failed_run_is_marked_and_can_be_resumed(tmp_path, monkeypatch):
-    monkeypatch.setattr(ERM, "on_epoch_start", crash_at_epoch(1))
-    with pytest.raises(Killed):
-        TRACK.run(tiny(tmp_path, "name=crashed"))
-    monkeypatch.undo()
-    run_dir = tmp_path / "classify/erm/crashed"
+    run_dir = crashed_run(tmp_path, "crashed", 1, monkeypatch)
     failed = json.loads((run_dir / "failed.json").read_text())
     assert failed["error"] == "the machine went down" and failed["type"] == "Killed"
     with pytest.raises(HundredError, match="unfinished run .it failed: the machine went down.*"
@@ -76,11 +81,7 @@ def test_a_failed_run_is_marked_and_can_be_resumed(tmp_path, monkeypatch):
 
 
 def test_resume_removes_the_temporaries_of_a_killed_write(tmp_path, monkeypatch):
-    monkeypatch.setattr(ERM, "on_epoch_start", crash_at_epoch(2))
-    with pytest.raises(Killed):
-        TRACK.run(tiny(tmp_path, "name=cut"))
-    monkeypatch.undo()
-    run_dir = tmp_path / "classify/erm/cut"
+    run_dir = crashed_run(tmp_path, "cut", 2, monkeypatch)
     stale = [run_dir / "checkpoints/.epoch-0002.safetensors.k2j4x_0a.tmp",
              run_dir / ".metrics.jsonl.abc123.tmp"]
     for path in stale:
@@ -138,11 +139,7 @@ def test_a_broken_pointer_or_no_loadable_checkpoint_is_named(tmp_path):
 
 def test_a_resumed_run_skips_a_damaged_newest_checkpoint(tmp_path, monkeypatch):
     reference = TRACK.run(tiny(tmp_path, "name=reference"))
-    monkeypatch.setattr(ERM, "on_epoch_start", crash_at_epoch(2))
-    with pytest.raises(Killed):
-        TRACK.run(tiny(tmp_path, "name=damaged"))
-    monkeypatch.undo()
-    run_dir = tmp_path / "classify/erm/damaged"
+    run_dir = crashed_run(tmp_path, "damaged", 2, monkeypatch)
     (run_dir / "checkpoints/epoch-0001.state.pt").write_bytes(b"garbage")
     resumed = TRACK.run(tiny(tmp_path, "name=damaged"), resume_dir=run_dir)
     assert resumed["val_loss"] == reference["val_loss"]  # redone from epoch 1, same result
@@ -176,10 +173,7 @@ def test_replace_starts_an_unfinished_run_again_but_keeps_a_finished_one(tmp_pat
                                                                           capsys):
     from hundred.cli import main
 
-    monkeypatch.setattr(ERM, "on_epoch_start", crash_at_epoch(1))
-    with pytest.raises(Killed):
-        main(cli_args(tmp_path, "again"))
-    monkeypatch.undo()
+    crashed_run(tmp_path, "again", 1, monkeypatch)
     assert main(cli_args(tmp_path, "again")) == 2
     assert "--replace" in capsys.readouterr().err
     assert main(cli_args(tmp_path, "again") + ["--replace"]) == 0

@@ -53,7 +53,7 @@ def test_run_directory_holds_everything(tmp_path):
     assert {"val_top1", "val_top5", "train_loss", "lr"} <= set(records[-1])
     env = json.loads((run_dir / "env.json").read_text())
     assert env["torch"] == torch.__version__ and env["seed"] == 0
-    with pytest.raises(HundredError, match="exists"):
+    with pytest.raises(HundredError, match="holds a finished run"):
         TRACK.run(tiny(tmp_path, "name=first"))
 
 

@@ -59,16 +59,21 @@ def config(root: Path, name: str):
         "incremental.scenario=B0-Inc2", f"root={root}", f"name={name}"])
 
 
+def killed_before_task_1(root: Path) -> Path:
+    """A run of ``cut`` stopped after its first task; returns its run directory."""
+    killed = WithProjector({}, config(root, "cut"))
+    killed.die_at_task = 1
+    try:
+        TRACK.run(config(root, "cut"), method=killed)
+    except Killed:
+        pass
+    return root / "incremental/finetune/cut"
+
+
 def test_resume_between_tasks_restores_the_methods_modules_and_state(tmp_path):
     reference = WithProjector({}, config(tmp_path, "ref"))
     expected = TRACK.run(config(tmp_path, "ref"), method=reference)
-    killed = WithProjector({}, config(tmp_path, "cut"))
-    killed.die_at_task = 1
-    try:
-        TRACK.run(config(tmp_path, "cut"), method=killed)
-    except Killed:
-        pass
-    run_dir = tmp_path / "incremental/finetune/cut"
+    run_dir = killed_before_task_1(tmp_path)
     assert (run_dir / "tasks/task-00/done.json").is_file()
     assert not (run_dir / "tasks/task-01/done.json").exists()
     resumed = WithProjector({}, config(tmp_path, "cut"))
@@ -85,13 +90,7 @@ def test_resume_between_tasks_restores_the_methods_modules_and_state(tmp_path):
 
 def test_a_corrupt_task_boundary_falls_back_to_the_one_before(tmp_path, capsys):
     expected = TRACK.run(config(tmp_path, "ref"), method=WithProjector({}, config(tmp_path, "ref")))
-    killed = WithProjector({}, config(tmp_path, "cut"))
-    killed.die_at_task = 1
-    try:
-        TRACK.run(config(tmp_path, "cut"), method=killed)
-    except Killed:
-        pass
-    run_dir = tmp_path / "incremental/finetune/cut"
+    run_dir = killed_before_task_1(tmp_path)
     (run_dir / "tasks/task-00/done.json").write_text("{")  # the only finished task, damaged
     summary = TRACK.run(config(tmp_path, "cut"), resume_dir=run_dir,
                         method=WithProjector({}, config(tmp_path, "cut")))
