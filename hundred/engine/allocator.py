@@ -7,7 +7,7 @@ PyTorch's CPU tensors come from glibc's ``malloc``. glibc serves blocks above
 every batch, and evaluation at batch 512 makes activations above 32 MiB, which are always
 mapped afresh. Each new mapping is then faulted in page by page, so the kernel zeroes
 memory over and over. Measured on the 2-core CPU (``benchmarks/incremental_e2e.py``): a
-fifth of a class-incremental run's wall time was system time, with 80 M minor page faults.
+fifth of a continual-learning run's wall time was system time, with 80 M minor page faults.
 
 :func:`keep_freed_memory` raises both thresholds once per process (``mallopt``), so freed
 blocks are reused from the heap. It is what ``GLIBC_TUNABLES=glibc.malloc.mmap_threshold=...``
