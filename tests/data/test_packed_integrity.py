@@ -286,7 +286,7 @@ def test_label_out_of_range_is_refused_with_index_and_value(packed: Path, value:
     labels = np.load(packed / "train_labels.npy")
     labels[7] = value
     replace_array(packed, "train_labels.npy", labels)
-    message = refused(packed, "train_labels.npy", f"index 7", str(value), f"[0, {CLASSES})")
+    message = refused(packed, "train_labels.npy", "index 7", str(value), f"[0, {CLASSES})")
     assert "sha256" not in message
     assert any("index 7" in p for p in verify(packed))
 
