@@ -1,13 +1,23 @@
-"""Supervised classification: one training phase on the train split, evaluated on val."""
+"""Supervised classification: one training phase on the train split, evaluated on val; the
+track of plain training, distillation from a teacher and training-signal regularisers."""
 
-from hundred.track import ACCURACY_REPORT, Track
+from hundred.track import Metric, ReportSpec, Shortcut, Track
+from hundred.tracks.classify.config import ClassifyConfig
 
 TRACK = Track(
     name="classify",
     package=__name__,
-    about="supervised classification: train on the train split, top-1/top-5 on val",
+    about="supervised classification: train on the train split, top-1/top-5 and calibration "
+          "on val",
     runner=".scenario:run",
-    method_base="hundred.engine.method:Method",
-    report=ACCURACY_REPORT,
+    method_base=".method:ClassifyMethod",
+    section=ClassifyConfig,
+    report=ReportSpec(
+        metrics=(Metric("val_top1", "top-1"), Metric("val_top5", "top-5"),
+                 Metric("val_ece", "ECE", higher_is_better=False),
+                 Metric("val_loss", "NLL", higher_is_better=False)),
+        required=("val_top1",), always_shown=("model",)),
+    shortcuts=(Shortcut("teacher", "classify.teacher",
+                        help="teacher of distillation methods: RUN_DIR or timm:NAME:PATH"),),
     check_methods=("erm",),
 )

@@ -6,19 +6,24 @@ from pathlib import Path
 from typing import Any
 
 from hundred.config import RunConfig
-from hundred.engine.method import Method
 from hundred.engine.run import (eval_loader, finish_run, image_size, load_data, running,
                                 train_loader)
 from hundred.engine.trainer import Trainer
 from hundred.models import create
+from hundred.tracks.classify.method import ClassifyMethod
 
 
-def run(config: RunConfig, method: Method, resume_dir: Path | None = None) -> dict[str, Any]:
-    """Train with ``method`` on ``config.data``; returns the summary written to the run dir."""
+def run(config: RunConfig, method: ClassifyMethod, resume_dir: Path | None = None
+        ) -> dict[str, Any]:
+    """Train with ``method`` on ``config.data``; returns the summary written to the run dir.
+    The data and whatever the method needs from outside (a teacher) are loaded and checked
+    before the run directory is created, so a bad teacher writes nothing."""
+    dataset = load_data(config)
+    size = image_size(config, dataset)
+    method.prepare(config, dataset, size)
     with running(config, resume_dir) as ctx:
-        dataset = load_data(config)
         model = create(config.model.name, dataset.num_classes, head=config.model.head,
-                       img_size=image_size(config, dataset), **config.model.options)
+                       img_size=size, **config.model.options)
         trainer = Trainer(config, model, method, train_loader(ctx, dataset, views=method.views),
                           eval_loader(ctx, dataset) if ctx.dist.is_main else None,
                           ctx.device, ctx.run_dir, ctx.dist, ctx.console)
@@ -27,6 +32,7 @@ def run(config: RunConfig, method: Method, resume_dir: Path | None = None) -> di
         result = trainer.fit()
         summary = {
             "data": dataset.name, "model": config.model.name, "classes": dataset.num_classes,
+            "teacher": config.classify.teacher,
             "epochs": config.train.epochs, **result.final,
             "train_seconds": round(result.train_seconds, 2),
             "images_per_s": round(result.images_per_second, 1),

@@ -9,13 +9,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from hundred.engine.method import Method
 from hundred.engine.losses import cross_entropy
 from hundred.registry import register
+from hundred.tracks.classify.method import ClassifyMethod
 
 
 @register("classify", "erm")
-class ERM(Method):
+class ERM(ClassifyMethod):
     """Minimise the mean cross-entropy of the training batch."""
 
     def loss(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
