@@ -4,6 +4,13 @@ Names are the local low-resolution nets (:data:`LOCAL_MODELS`) or any timm model
 (``resnet18``, ``vit_small_patch16_224`` ...; built without pretrained weights since nothing is
 downloaded at run time). ``low_res_stem=True`` turns a timm ResNet's 7x7/2 stem and max-pool
 into a 3x3/1 stem without pooling, the usual change for 32-64 px inputs.
+
+``activation`` (``model.options.activation``: ``relu``, ``gelu`` or ``crrelu``, see
+:mod:`hundred.models.activations`) rebuilds any model with that activation: the local CNNs
+thread it through their constructors (their default, ReLU, builds today's nets), the ViTs and
+timm models receive it as timm's ``act_layer`` (a timm model that does not take ``act_layer``
+is a HundredError). Left unset, every model keeps its own default (ReLU for the CNNs, GELU for
+the ViTs).
 """
 
 from __future__ import annotations
@@ -14,10 +21,12 @@ import torch
 from torch import nn
 
 from hundred.errors import HundredError
+from hundred.models.activations import CRReLU, activation_layer
 from hundred.models.backbones import CifarResNet, ConvNet
 from hundred.models.heads import HEADS, CosineHead, LinearHead
 
-__all__ = ["Classifier", "CosineHead", "LinearHead", "LOCAL_MODELS", "create", "create_backbone"]
+__all__ = ["Classifier", "CosineHead", "CRReLU", "LinearHead", "LOCAL_MODELS", "create",
+           "create_backbone"]
 
 
 class TimmBackbone(nn.Module):
@@ -32,13 +41,41 @@ class TimmBackbone(nn.Module):
         return self.model(x)
 
 
-def _timm_backbone(name: str, *, low_res_stem: bool = False, **kwargs: Any) -> nn.Module:
+def _act_layer_option(name: str, activation: str | None, kwargs: dict[str, Any]
+                      ) -> type[nn.Module] | None:
+    """The class to pass as timm's ``act_layer`` for ``activation`` (None: the model's own)."""
+    if activation is None:
+        return None
+    if "act_layer" in kwargs:
+        raise HundredError(f"model {name}: give activation or act_layer, not both")
+    return activation_layer(activation)
+
+
+def _check_activation(name: str, model: nn.Module, layer: type[nn.Module] | None) -> None:
+    """A timm model may swallow an ``act_layer`` it does not use: refuse that clearly."""
+    if layer is not None and not any(isinstance(m, layer) for m in model.modules()):
+        raise HundredError(f"model {name} does not take timm's act_layer, so its activation "
+                           f"cannot be set to {layer.__name__}")
+
+
+def _timm_backbone(name: str, *, low_res_stem: bool = False, activation: str | None = None,
+                   **kwargs: Any) -> nn.Module:
     import timm
 
     if name not in timm.list_models():
         raise HundredError(f"unknown model {name!r}: not a local model ({', '.join(LOCAL_MODELS)}) "
                            f"nor a timm model name (see timm.list_models())")
-    model = timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
+    layer = _act_layer_option(name, activation, kwargs)
+    if layer is not None:
+        kwargs["act_layer"] = layer
+    try:
+        model = timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
+    except TypeError as error:
+        if layer is not None and "act_layer" in str(error):
+            raise HundredError(f"model {name} does not take timm's act_layer, so its activation "
+                               f"cannot be set to {activation!r}") from None
+        raise
+    _check_activation(name, model, layer)
     if low_res_stem:
         if not (hasattr(model, "conv1") and hasattr(model, "maxpool")):
             raise HundredError(f"low_res_stem applies to ResNet-style models, not {name!r}")
@@ -47,13 +84,20 @@ def _timm_backbone(name: str, *, low_res_stem: bool = False, **kwargs: Any) -> n
     return TimmBackbone(model)
 
 
-def _vit_32(img_size: int = 32, **kwargs: Any) -> nn.Module:
-    """A small ViT for 32 px: 4x4 patches (64 tokens), width 192, depth 9, 3 heads, MLP ratio 2."""
+def _vit_32(img_size: int = 32, activation: str | None = None, **kwargs: Any) -> nn.Module:
+    """A small ViT for 32 px: 4x4 patches (64 tokens), width 192, depth 9, 3 heads, MLP ratio 2.
+    ``activation`` is its MLP activation (GELU unless given)."""
     from timm.models.vision_transformer import VisionTransformer
 
-    options = dict(img_size=img_size, patch_size=4, embed_dim=192, depth=9, num_heads=3, mlp_ratio=2.0)
+    options: dict[str, Any] = dict(img_size=img_size, patch_size=4, embed_dim=192, depth=9,
+                                   num_heads=3, mlp_ratio=2.0)
+    layer = _act_layer_option("vit_tiny_p4_32", activation, kwargs)
+    if layer is not None:
+        options["act_layer"] = layer
     options.update(kwargs)
-    return TimmBackbone(VisionTransformer(num_classes=0, **options))
+    model = VisionTransformer(num_classes=0, **options)
+    _check_activation("vit_tiny_p4_32", model, layer)
+    return TimmBackbone(model)
 
 
 # name -> (builder, description). Builders take the input size ``img_size`` (used by the nets

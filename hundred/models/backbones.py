@@ -10,6 +10,9 @@ Every backbone maps images ``(B, 3, H, W)`` to features ``(B, D)`` through
   continual-learning standard (iCaRL, WA, PyCIL).
 * ConvNet-D3/D4 — the dataset-distillation standard (Zhao et al., "Dataset Condensation with
   Gradient Matching", ICLR 2021): depth x [conv3x3(128), instance norm, ReLU, avgpool 2].
+
+Each takes ``activation`` (``relu`` by default, or ``gelu``, ``crrelu``: see
+:mod:`hundred.models.activations`); the default builds exactly the papers' nets.
 """
 
 from __future__ import annotations
@@ -18,11 +21,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hundred.models.activations import make_activation
+
 
 class _BasicBlockA(nn.Module):
     """Two 3x3 convs with batch norm; option-A shortcut (no parameters) when the shape changes."""
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int) -> None:
+    def __init__(self, in_channels: int, out_channels: int, stride: int,
+                 activation: str = "relu") -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(out_channels)
@@ -30,6 +36,8 @@ class _BasicBlockA(nn.Module):
         self.bn2 = nn.BatchNorm2d(out_channels)
         self.stride = stride
         self.extra_channels = out_channels - in_channels
+        self.act1 = make_activation(activation)
+        self.act2 = make_activation(activation)
 
     def shortcut(self, x: torch.Tensor) -> torch.Tensor:
         if self.stride == 1 and self.extra_channels == 0:
@@ -39,27 +47,28 @@ class _BasicBlockA(nn.Module):
         return F.pad(x, (0, 0, 0, 0, half, self.extra_channels - half))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.act1(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return F.relu(out + self.shortcut(x))
+        return self.act2(out + self.shortcut(x))
 
 
 class CifarResNet(nn.Module):
     """ResNet-(6n+2) for 32 px inputs; ``feature_dim`` = 64 (x ``width`` multiplier)."""
 
-    def __init__(self, depth: int, width: int = 16) -> None:
+    def __init__(self, depth: int, width: int = 16, activation: str = "relu") -> None:
         super().__init__()
         if (depth - 2) % 6 != 0:
             raise ValueError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
         blocks_per_stage = (depth - 2) // 6
         self.conv1 = nn.Conv2d(3, width, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
+        self.act = make_activation(activation)
         stages, channels = [], width
         for stage, out_channels in enumerate((width, 2 * width, 4 * width)):
             blocks = []
             for index in range(blocks_per_stage):
                 stride = 2 if stage > 0 and index == 0 else 1
-                blocks.append(_BasicBlockA(channels, out_channels, stride))
+                blocks.append(_BasicBlockA(channels, out_channels, stride, activation))
                 channels = out_channels
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.Sequential(*stages)
@@ -69,7 +78,7 @@ class CifarResNet(nn.Module):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu(self.bn1(self.conv1(x)))
+        x = self.act(self.bn1(self.conv1(x)))
         x = self.stages(x)
         return F.adaptive_avg_pool2d(x, 1).flatten(1)
 
@@ -81,7 +90,8 @@ class ConvNet(nn.Module):
     dataset-condensation papers. ``feature_dim`` = width * (img_size / 2**depth)**2.
     """
 
-    def __init__(self, depth: int = 3, width: int = 128, img_size: int = 32) -> None:
+    def __init__(self, depth: int = 3, width: int = 128, img_size: int = 32,
+                 activation: str = "relu") -> None:
         super().__init__()
         if img_size % (2**depth) != 0:
             raise ValueError(f"ConvNet-D{depth} needs img_size divisible by {2**depth}, got {img_size}")
@@ -91,7 +101,7 @@ class ConvNet(nn.Module):
             layers += [
                 nn.Conv2d(channels, width, 3, padding=1),
                 nn.GroupNorm(width, width, affine=True),
-                nn.ReLU(inplace=True),
+                make_activation(activation, inplace=True),
                 nn.AvgPool2d(2, 2),
             ]
             channels = width
