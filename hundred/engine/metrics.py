@@ -46,8 +46,9 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tenso
         correct5 = hits[5] if correct5 is None else correct5 + hits[5]
         loss_sum = loss if loss_sum is None else loss_sum + loss
         if calibration is None:
-            calibration = MulticlassCalibrationError(logits.shape[1], n_bins=ECE_BINS,
-                                                     norm="l1").to(logits.device)
+            # evaluation runs on one rank only: no all-gather across DDP ranks at compute()
+            calibration = MulticlassCalibrationError(logits.shape[1], n_bins=ECE_BINS, norm="l1",
+                                                     sync_on_compute=False).to(logits.device)
         calibration.update(logits, labels)
         count += len(labels)
     model.train(was_training)
