@@ -19,6 +19,7 @@ from hundred.engine.trainer import Trainer
 from hundred.models import create
 from hundred.registry import METHODS, register
 from hundred.tracks.classify import TRACK
+from hundred.tracks.classify.method import ClassifyMethod
 
 CLASSES = 4
 TINY = ["track=classify", "model.name=convnet_d3", "train.device=cpu",
@@ -31,7 +32,7 @@ class Killed(Exception):
     """Raised by a method to interrupt a run, as a crash would."""
 
 
-class Projector(Method):
+class Projector(ClassifyMethod):
     """Cross-entropy plus a small term pulling a trainable projector of the logits towards a
     frozen teacher's projection of them (the teacher has a BatchNorm: in train mode its
     running statistics would move)."""
@@ -70,7 +71,7 @@ class Projector(Method):
         self.steps = state["steps"]
 
 
-class TwoViews(Method):
+class TwoViews(ClassifyMethod):
     """Records the images it receives; trains on the mean loss over its two views."""
 
     views = 2
@@ -84,7 +85,7 @@ class TwoViews(Method):
         return sum(F.cross_entropy(model(view), labels) for view in images) / len(images)
 
 
-class Plain(Method):
+class Plain(ClassifyMethod):
     """Builds nothing in setup: plain cross-entropy."""
 
     def loss(self, model, images, labels):
