@@ -519,11 +519,9 @@ class Pool:
             spec = {"overrides": run.overrides, "threads": threads, "log": str(run.log),
                     "status": str(run.status_file)}
             worker.run, run.worker, run.started = run, worker, time.monotonic()
-            try:
+            with contextlib.suppress(OSError):  # a dead worker: poll() reports the run failed
                 worker.proc.stdin.write(json.dumps(spec) + "\n")
                 worker.proc.stdin.flush()
-            except OSError:  # the worker died; poll() reports the run as failed
-                pass
 
     def poll(self, run: Run) -> bool:
         """Whether ``run`` has ended (and if so, its return code is set)."""

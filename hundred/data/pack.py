@@ -751,7 +751,7 @@ def _write_cache(path: Path, entries: dict[str, Any]) -> None:
     user's data) is fine: the next load verifies again."""
     from hundred import __version__
 
-    try:
+    with contextlib.suppress(OSError):
         write_json(path / VERIFIED, {
             "format": VERIFIED_FORMAT, "version": VERIFIED_VERSION,
             "about": "arrays whose sha256 matched meta.json, by (size, mtime_ns, ctime_ns); "
@@ -759,8 +759,6 @@ def _write_cache(path: Path, entries: dict[str, Any]) -> None:
             "hundred_version": __version__,
             "files": entries,
         })
-    except OSError:
-        pass
 
 
 def _checksums(path: Path, files: dict[str, Any], rehash: bool) -> dict[str, str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
@@ -63,10 +64,8 @@ def killed_before_task_1(root: Path) -> Path:
     """A run of ``cut`` stopped after its first task; returns its run directory."""
     killed = WithProjector({}, config(root, "cut"))
     killed.die_at_task = 1
-    try:
+    with pytest.raises(Killed):
         TRACK.run(config(root, "cut"), method=killed)
-    except Killed:
-        pass
     return root / "incremental/finetune/cut"
 
 
