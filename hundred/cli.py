@@ -402,6 +402,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_protocol_options(check, search=True)
     check.set_defaults(func=_cmd_check, track_shortcuts=[s[0].dest for s in shortcuts.values()])
 
+    from hundred.registry import get_track, tracks
+
+    for name in tracks():  # commands of a track's own (e.g. ``hundred data reinforce``)
+        get_track(name).add_commands(commands, data)
     return parser
 
 

@@ -14,7 +14,13 @@ A track is one folder, ``hundred/tracks/<name>/`` (or any package named in the
 * ``shortcuts`` — CLI flags for its section (``--scenario`` -> ``<track>.scenario``);
 * what the tune-then-evaluate protocol needs: the config path naming the scenario, the keys
   held fixed between tuning and evaluation, the default methods of ``hundred check``, and
-  base settings per tuning budget.
+  base settings per tuning budget;
+* ``phase_setup`` — ``(track, methods, config, out, console) -> {method: overrides}``,
+  called by ``hundred check`` once per phase with that phase's base config: what the phase's
+  runs need first (e.g. a teacher trained on that phase's classes), as extra overrides per
+  method;
+* ``commands`` — a function adding the track's own CLI commands (``hundred data
+  reinforce``, ``hundred xscore``), ``"module:function"``.
 
 Nothing here imports torch: the CLI and config validation read a track without loading it.
 Module paths in ``runner`` and ``method_base`` are resolved on first use.
@@ -75,13 +81,17 @@ class ReportSpec:
 
     ``metrics[0]`` is the primary metric. ``required`` metrics must be finite numbers in every
     summary; the others may be null or absent. ``always_shown`` descriptor columns appear
-    even when every row has the same value; ``terminal_hidden`` column labels are left out
-    of terminal tables (the report files keep them). ``steps`` declares per-step series.
+    even when every row has the same value (a declared descriptor: when some row has one);
+    ``terminal_hidden`` column labels are left out of terminal tables (the report files keep
+    them). ``descriptors`` are summary keys of the track's own that tell runs apart like the
+    model does (incremental: the exemplar ``memory``; classify: the ``teacher``): they split
+    rows and get a column when rows differ in them. ``steps`` declares per-step series.
     """
 
     metrics: tuple[Metric, ...]
     required: tuple[str, ...]
     always_shown: tuple[str, ...] = ()
+    descriptors: tuple[str, ...] = ()
     terminal_hidden: tuple[str, ...] = ()
     steps: StepSeries | None = None
 
@@ -137,6 +147,8 @@ class Track:
     protocol_fixed: Mapping[str, str] = field(default_factory=dict)
     check_methods: tuple[str, ...] = ()
     budget_base: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    commands: str | None = None
+    phase_setup: str | None = None
 
     def __post_init__(self) -> None:
         keys = [s.key for s in self.shortcuts] + list(self.protocol_fixed)
@@ -173,6 +185,23 @@ class Track:
         module = importlib.import_module(self.package)
         path = Path(module.__file__ or "").parent / "quick.yaml"
         return path if path.is_file() else None
+
+    def add_commands(self, commands: Any, data_commands: Any) -> None:
+        """Let the track add its own CLI commands: ``commands`` (``hundred X``) and
+        ``data_commands`` (``hundred data X``) are argparse sub-parser groups. ``commands``
+        names a function ``(commands, data_commands) -> None`` in the track's package (e.g.
+        ``".cli:add_commands"``); each command it adds sets ``func`` like the core's."""
+        if self.commands is not None:
+            _resolve(self.commands, self.package)(commands, data_commands)
+
+    def prepare_phase(self, methods: Mapping[str, "type[Method]"], config: "RunConfig",
+                      out: Path, console: Any) -> dict[str, list[str]]:
+        """Extra overrides, per method, that the runs of one protocol phase need
+        (``phase_setup``); none by default. ``config`` is the phase's base config (its data),
+        ``out`` the check's folder."""
+        extra = ({} if self.phase_setup is None else
+                 _resolve(self.phase_setup, self.package)(self, methods, config, out, console))
+        return {method: list(extra.get(method, ())) for method in methods}
 
     # -- methods and running ------------------------------------------------------------------
     @property

@@ -327,16 +327,25 @@ class BatchLoader:
         generator = torch.Generator(device=self.device)
         try:
             for batch, (images, labels) in zip(batches, feed):
-                outputs = []
-                for view, augment in enumerate(self.augments):  # one uint8 batch, K draws
-                    generator.manual_seed(self._augment_seed(epoch, batch, view))
-                    outputs.append(augment(images, generator))
-                output = outputs[0] if len(outputs) == 1 else outputs
+                output = self._make_batch(images, labels, epoch, batch, generator)
                 self._next_batch = batch + 1
-                yield output, labels
+                yield output
             self._epoch, self._next_batch = epoch + 1, 0
         finally:
             feed.close()  # stops the prefetch thread on break, exception or garbage collection
+
+    def _make_batch(self, images: torch.Tensor, labels: torch.Tensor, epoch: int, batch: int,
+                    generator: torch.Generator) -> LoaderBatch:
+        """What iteration yields for batch ``batch`` of ``epoch``, from its uint8 ``images``
+        and ``labels`` on the device: the augmented view(s) and the labels. A subclass may
+        yield something else (its sample indices are ``epoch_indices(epoch)`` sliced by
+        ``batch``); it must draw its randomness from ``(seed, epoch, ...)`` alone, and
+        ``generator`` is reseeded per view from ``(seed, epoch, rank, batch, view)``."""
+        outputs = []
+        for view, augment in enumerate(self.augments):  # one uint8 batch, K draws
+            generator.manual_seed(self._augment_seed(epoch, batch, view))
+            outputs.append(augment(images, generator))
+        return (outputs[0] if len(outputs) == 1 else outputs), labels
 
     def _slice(self, rows: np.ndarray | torch.Tensor, batch: int) -> Any:
         return rows[batch * self.batch_size : (batch + 1) * self.batch_size]

@@ -642,21 +642,7 @@ def _check_meta(meta: Any, meta_path: Path) -> dict[str, Any]:
         if key in meta:
             need(meta, key, key, expected, ok)
 
-    files = need(meta, "files", "files", "an object of array file name -> facts",
-                 lambda v: isinstance(v, dict) and len(v) > 0)
-    for name, facts in files.items():
-        field = f"files[{name}]"
-        if not _is_plain_name(name) or not name.endswith(".npy"):
-            raise _meta_error(meta_path, "files", "keyed by plain .npy file names", name)
-        if not isinstance(facts, dict):
-            raise _meta_error(meta_path, field, "an object (sha256, dtype, shape, bytes)", facts)
-        need(facts, "sha256", f"{field}.sha256", "64 hex digits",
-             lambda v: isinstance(v, str) and SHA256.fullmatch(v) is not None)
-        need(facts, "dtype", f"{field}.dtype", "a numpy dtype name", lambda v: isinstance(v, str))
-        need(facts, "shape", f"{field}.shape", "a list of integers >= 0",
-             lambda v: isinstance(v, list) and all(_is_int(n) for n in v))
-        need(facts, "bytes", f"{field}.bytes", "an integer >= 0", _is_int)
-
+    files = _check_files(meta, meta_path)
     splits = need(meta, "splits", "splits", "a non-empty object of split name -> facts",
                   lambda v: isinstance(v, dict) and len(v) > 0)
     for split, entry in splits.items():
@@ -688,17 +674,44 @@ def _check_meta(meta: Any, meta_path: Path) -> dict[str, Any]:
     return meta
 
 
-def _read_meta(path: Path) -> dict[str, Any]:
-    """The checked ``meta.json`` of the packed directory ``path`` (see :func:`_check_meta`)."""
-    meta_path = path / META
-    if not os.path.lexists(meta_path):
-        packed_path(path)  # raises: path missing, not a directory, or no meta.json
+def _check_files(meta: dict[str, Any], meta_path: Path) -> dict[str, Any]:
+    """``meta["files"]``, the arrays a meta.json lists, if each names a plain ``.npy`` file and
+    records its sha256, dtype, shape and size; otherwise a :class:`HundredError` naming the
+    field. Shared by packed data and data derived from it."""
+
+    def need(where: dict[str, Any], key: str, field: str, expected: str,
+             ok: Callable[[Any], bool]) -> Any:
+        value = where.get(key, _MISSING)
+        if value is _MISSING or not ok(value):
+            raise _meta_error(meta_path, field, expected, value)
+        return value
+
+    files = need(meta, "files", "files", "an object of array file name -> facts",
+                 lambda v: isinstance(v, dict) and len(v) > 0)
+    for name, facts in files.items():
+        field = f"files[{name}]"
+        if not _is_plain_name(name) or not name.endswith(".npy"):
+            raise _meta_error(meta_path, "files", "keyed by plain .npy file names", name)
+        if not isinstance(facts, dict):
+            raise _meta_error(meta_path, field, "an object (sha256, dtype, shape, bytes)", facts)
+        need(facts, "sha256", f"{field}.sha256", "64 hex digits",
+             lambda v: isinstance(v, str) and SHA256.fullmatch(v) is not None)
+        need(facts, "dtype", f"{field}.dtype", "a numpy dtype name", lambda v: isinstance(v, str))
+        need(facts, "shape", f"{field}.shape", "a list of integers >= 0",
+             lambda v: isinstance(v, list) and all(_is_int(n) for n in v))
+        need(facts, "bytes", f"{field}.bytes", "an integer >= 0", _is_int)
+    return files
+
+
+def _read_json_object(meta_path: Path) -> Any:
+    """The parsed contents of ``meta_path``; a :class:`HundredError` when unreadable or not
+    JSON."""
     try:
         raw = meta_path.read_bytes()
     except OSError as error:
         raise HundredError(f"{meta_path} is unreadable: {error.strerror or error}") from None
     try:
-        meta = json.loads(raw.decode("utf-8"))
+        return json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
         raise HundredError(f"{meta_path} is not valid JSON (not UTF-8 text); the pack is "
                            f"damaged: pack again") from None
@@ -707,7 +720,14 @@ def _read_meta(path: Path) -> dict[str, Any]:
                            f"column {error.colno}); the pack is damaged: pack again") from None
     except RecursionError:
         raise HundredError(f"{meta_path} is not valid JSON (nested too deeply)") from None
-    return _check_meta(meta, meta_path)
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
+    """The checked ``meta.json`` of the packed directory ``path`` (see :func:`_check_meta`)."""
+    meta_path = path / META
+    if not os.path.lexists(meta_path):
+        packed_path(path)  # raises: path missing, not a directory, or no meta.json
+    return _check_meta(_read_json_object(meta_path), meta_path)
 
 
 # ------------------------------------------------------------------------ checksum cache
@@ -833,30 +853,33 @@ def _open_array(file: Path, mmap: bool) -> np.ndarray:
         raise HundredError(f"{file.name}: not a readable .npy array ({text})") from None
 
 
-def _check_arrays(path: Path, meta: dict[str, Any], *, rehash: bool, mmap: bool,
-                  problems: list[str] | None) -> dict[str, np.ndarray]:
-    """Steps 3 and 4 of the checks above, on a checked ``meta``: the opened arrays by name.
-
-    With ``problems`` a list, every problem is appended and checking goes on (``verify``);
-    with ``None`` the first one raises :class:`HundredError` (loading).
-    """
+def _failer(path: Path, problems: list[str] | None, remedy: str) -> Callable[[str], None]:
+    """With ``problems`` a list, a function appending each problem to it (``verify``); with
+    ``None`` one raising the first as a :class:`HundredError` (loading)."""
     def fail(problem: str) -> None:
         if problems is None:
             raise HundredError(f"{path}: {problem}; run `hundred data verify {path}` for a full "
-                               f"report, then pack again")
+                               f"report, then {remedy}")
         problems.append(problem)
 
-    files: dict[str, Any] = meta["files"]
+    return fail
+
+
+def _check_files_on_disk(path: Path, files: dict[str, Any], *, rehash: bool,
+                         mmap_names: set[str], fail: Callable[[str], None]
+                         ) -> dict[str, np.ndarray]:
+    """Step 3 of the checks above for the arrays ``files`` (meta.json's) of ``path``: present,
+    of the recorded size and sha256, opened without pickle, of the recorded dtype and shape.
+    Returns the arrays that passed (those in ``mmap_names`` memory-mapped)."""
     failed = _checksums(path, files, rehash)
     for problem in failed.values():
         fail(problem)
-    images = {entry["images"] for entry in meta["splits"].values()}
     arrays: dict[str, np.ndarray] = {}
     for name, facts in files.items():
         if name in failed:
             continue
         try:
-            array = _open_array(path / name, mmap=mmap and name in images)
+            array = _open_array(path / name, mmap=name in mmap_names)
         except HundredError as error:
             fail(str(error))
             continue
@@ -865,6 +888,20 @@ def _check_arrays(path: Path, meta: dict[str, Any], *, rehash: bool, mmap: bool,
                  f"{facts['dtype']} {facts['shape']}")
             continue
         arrays[name] = array
+    return arrays
+
+
+def _check_arrays(path: Path, meta: dict[str, Any], *, rehash: bool, mmap: bool,
+                  problems: list[str] | None) -> dict[str, np.ndarray]:
+    """Steps 3 and 4 of the checks above, on a checked ``meta``: the opened arrays by name.
+
+    With ``problems`` a list, every problem is appended and checking goes on (``verify``);
+    with ``None`` the first one raises :class:`HundredError` (loading).
+    """
+    fail = _failer(path, problems, "pack again")
+    images = {entry["images"] for entry in meta["splits"].values()}
+    arrays = _check_files_on_disk(path, meta["files"], rehash=rehash,
+                                  mmap_names=images if mmap else set(), fail=fail)
     classes = meta["num_classes"]
     for split, entry in meta["splits"].items():
         labels = arrays.get(entry["labels"])
@@ -903,9 +940,17 @@ def load_packed(path: str | os.PathLike, mmap: bool = True) -> Dataset:
     Every check of this section runs first (a :class:`HundredError` names the first
     problem): meta.json's fields, each array's size, sha256 (cached in ``verified.json``),
     dtype and shape, the label range and the per-class counts. Arrays are opened with
-    ``allow_pickle=False``.
+    ``allow_pickle=False``. For a directory of derived data (see "derived data" below) it is
+    the pack that data belongs to, with ``info["derived"]`` naming the derived directory.
     """
     path = Path(path).expanduser()
+    derived = _derived(path)
+    if derived is not None:
+        parent, derived_meta = derived
+        dataset = load_packed(parent, mmap)
+        dataset.info["derived"] = {"dir": str(path), "format": derived_meta["format"],
+                                   "fingerprint": derived_meta[DERIVED_KEY]["fingerprint"]}
+        return dataset
     meta = _read_meta(path)
     arrays = _check_arrays(path, meta, rehash=False, mmap=mmap, problems=None)
     splits: dict[str, ArraySplit | FileSplit] = {
@@ -935,6 +980,9 @@ def verify(path: str | os.PathLike) -> list[str]:
     """
     path = Path(path).expanduser()
     try:
+        derived = _derived(path)
+        if derived is not None:
+            return _verify_derived(path, *derived)
         meta = _read_meta(path)
     except HundredError as error:
         return [str(error)]
@@ -943,6 +991,105 @@ def verify(path: str | os.PathLike) -> list[str]:
     for name in sorted(present - set(meta["files"])):
         problems.append(f"unexpected array {name} (not in meta.json)")
     _check_arrays(path, meta, rehash=True, mmap=True, problems=problems)
+    return problems
+
+
+# ---------------------------------------------------------------------------- derived data
+#
+# Data derived from a packed dataset (a dataset reinforcement: ``hundred data reinforce``)
+# lives in a directory of its own. Its meta.json has a ``format`` of its own, lists its arrays
+# under ``files`` exactly as a pack's does (sha256, dtype, shape, bytes; checksums cached in
+# its own ``verified.json``) and names the pack it belongs to under ``packed``:
+# ``{"path": <relative to the directory>, "fingerprint": <hundred.data.fingerprint of the
+# pack>}``. Such a directory is accepted wherever packed data is: loading it loads the pack it
+# names (``info["derived"]`` points back, for the method that reads the derived arrays with
+# :func:`load_derived`), and :func:`verify` checks its arrays, the pack, and that the pack is
+# still the data it was derived from.
+
+DERIVED_KEY = "packed"
+
+
+def _derived(path: Path) -> tuple[Path, dict[str, Any]] | None:
+    """``(pack, meta)`` when ``path`` holds data derived from the packed directory ``pack``;
+    ``None`` when it holds anything else (the pack reader then says what is wrong)."""
+    meta_path = path / META
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+    if not isinstance(meta, dict) or meta.get("format") == FORMAT or DERIVED_KEY not in meta:
+        return None
+    if not isinstance(meta.get("format"), str):
+        raise _meta_error(meta_path, "format", "a string", meta.get("format", _MISSING))
+    origin = meta[DERIVED_KEY]
+    if not isinstance(origin, dict) or not isinstance(origin.get("path"), str) \
+            or not origin["path"] or not isinstance(origin.get("fingerprint"), str):
+        raise _meta_error(meta_path, DERIVED_KEY, 'an object {"path": the packed data it '
+                          'belongs to, "fingerprint": its fingerprint}', origin)
+    _check_files(meta, meta_path)
+    parent = Path(os.path.normpath(path / origin["path"]))
+    if not is_packed(parent):
+        raise HundredError(f"{path} belongs to the packed data at {parent}, which is missing "
+                           f"or not packed data: keep the two side by side")
+    return parent, meta
+
+
+def load_derived(path: str | os.PathLike, mmap: bool = True
+                 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The checked meta.json and arrays of the derived data at ``path``: each array's size,
+    sha256 (cached in ``verified.json``), dtype and shape as meta.json records, opened with
+    ``allow_pickle=False`` (memory-mapped with ``mmap``). A :class:`HundredError` names the
+    first problem. The caller checks its own fields and the pack's fingerprint."""
+    path = Path(path).expanduser()
+    derived = _derived(path)
+    if derived is None:
+        raise HundredError(f"{path} holds no data derived from a pack (its {META} must name "
+                           f"the packed data it belongs to)")
+    meta = derived[1]
+    fail = _failer(path, None, f"make it again ({meta['format']})")
+    arrays = _check_files_on_disk(path, meta["files"], rehash=False,
+                                  mmap_names=set(meta["files"]) if mmap else set(), fail=fail)
+    return meta, arrays
+
+
+def record_arrays(path: str | os.PathLike, names: Iterable[str]) -> dict[str, Any]:
+    """``files`` entries (sha256, dtype, shape, bytes) for the arrays ``names`` of ``path``,
+    for a meta.json; their checksums are cached in ``verified.json``, so the first load
+    hashes nothing (as :func:`pack` does)."""
+    path = Path(path)
+    files: dict[str, Any] = {}
+    cache: dict[str, Any] = {}
+    for name in names:
+        file = path / name
+        _fsync(file)
+        array = _open_array(file, mmap=True)
+        digest, key = _hash_with_stat(file)
+        files[name] = {"sha256": digest, "dtype": str(array.dtype), "shape": list(array.shape),
+                       "bytes": file.stat().st_size}
+        del array
+        if key is not None:
+            cache[name] = {"sha256": digest, "stat": key}
+    _write_cache(path, cache)
+    return files
+
+
+def _verify_derived(path: Path, parent: Path, meta: dict[str, Any]) -> list[str]:
+    """:func:`verify` for derived data: its arrays, its pack, and the pack's fingerprint."""
+    from hundred.data.subset import fingerprint
+
+    problems: list[str] = []
+    present = {item.name for item in path.glob("*.npy")}
+    for name in sorted(present - set(meta["files"])):
+        problems.append(f"unexpected array {name} (not in meta.json)")
+    _check_files_on_disk(path, meta["files"], rehash=True, mmap_names=set(meta["files"]),
+                         fail=problems.append)
+    parent_problems = verify(parent)
+    problems += [f"{parent}: {problem}" for problem in parent_problems]
+    if not parent_problems:
+        found, expected = fingerprint(load_packed(parent)), meta[DERIVED_KEY]["fingerprint"]
+        if found != expected:
+            problems.append(f"the packed data at {parent} (fingerprint {found}) is not the data "
+                            f"this was made from (fingerprint {expected})")
     return problems
 
 
@@ -955,7 +1102,18 @@ def print_info(target: str | os.PathLike, options: dict[str, Any] | None = None)
     table = Table(show_header=False, title=str(target))
     table.add_column(style="bold")
     table.add_column()
-    if path is not None:
+    derived = _derived(path) if path is not None else None
+    if derived is not None:
+        if options:
+            raise HundredError("a packed directory takes no source options")
+        parent, meta = derived
+        size = sum(facts["bytes"] for facts in meta["files"].values())
+        rows = [("format", str(meta["format"])),
+                ("derived from", f"{parent} (fingerprint {meta[DERIVED_KEY]['fingerprint']})"),
+                ("arrays", f"{len(meta['files'])}, {size / 1e6:.1f} MB"),
+                ("created", f"{meta.get('created')} by hundred {meta.get('hundred_version')}"),
+                ("checksums", _checksum_status(path, meta))]
+    elif path is not None:
         if options:
             raise HundredError("a packed directory takes no source options")
         meta = _read_meta(path)

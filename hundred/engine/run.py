@@ -142,20 +142,25 @@ def device_budget_bytes(config: RunConfig) -> int | None:
 
 
 def train_loader(ctx: RunContext, dataset: Dataset, indices: np.ndarray | None = None,
-                 seed_offset: int = 0, views: int = 1) -> BatchLoader:
+                 seed_offset: int = 0, views: int = 1,
+                 loader_class: type[BatchLoader] = BatchLoader, **loader_options: Any
+                 ) -> BatchLoader:
     """Shuffled, augmented batches of the train split (this rank's shard under DDP); with
-    ``views`` > 1, each batch holds that many independently augmented views of its images."""
+    ``views`` > 1, each batch holds that many independently augmented views of its images.
+    ``loader_class`` (a :class:`BatchLoader` subclass) and its own ``loader_options`` let a
+    method yield something else per batch (e.g. stored views and soft targets)."""
     config = ctx.config
     if config.data.batch_size % ctx.dist.world_size:
         raise HundredError(f"data.batch_size={config.data.batch_size} must divide evenly over "
                            f"{ctx.dist.world_size} processes")
-    return BatchLoader(dataset.arrays("train"), batch_size=config.data.batch_size // ctx.dist.world_size,
-                       shuffle=True, drop_last=True, seed=config.seed + seed_offset, views=views,
-                       device=ctx.device, augment=config.data.augment,
-                       out_size=config.data.image_size, mean=config.data.mean,
-                       std=config.data.std, indices=indices,
-                       rank=ctx.dist.rank, world_size=ctx.dist.world_size,
-                       device_budget_bytes=device_budget_bytes(config))
+    return loader_class(dataset.arrays("train"),
+                        batch_size=config.data.batch_size // ctx.dist.world_size,
+                        shuffle=True, drop_last=True, seed=config.seed + seed_offset, views=views,
+                        device=ctx.device, augment=config.data.augment,
+                        out_size=config.data.image_size, mean=config.data.mean,
+                        std=config.data.std, indices=indices,
+                        rank=ctx.dist.rank, world_size=ctx.dist.world_size,
+                        device_budget_bytes=device_budget_bytes(config), **loader_options)
 
 
 def eval_loader(ctx: RunContext, dataset: Dataset, split_name: str = "val",

@@ -100,6 +100,9 @@ def _vit_32(img_size: int = 32, activation: str | None = None, **kwargs: Any) ->
     return TimmBackbone(model)
 
 
+# the 4x-wide CIFAR ResNets of the distillation benchmarks (Tian et al., ICLR 2020)
+_X4 = {"width": 64, "stem_width": 32, "projection": True}
+
 # name -> (builder, description). Builders take the input size ``img_size`` (used by the nets
 # whose feature size depends on it, ignored by globally pooled ones) and keyword options.
 LOCAL_MODELS: dict[str, tuple[Callable[..., nn.Module], str]] = {
@@ -108,6 +111,10 @@ LOCAL_MODELS: dict[str, tuple[Callable[..., nn.Module], str]] = {
     "resnet32": (lambda img_size=32, **kw: CifarResNet(32, **kw),
                  "CIFAR ResNet-32, 0.46M params (CIL standard)"),
     "resnet56": (lambda img_size=32, **kw: CifarResNet(56, **kw), "CIFAR ResNet-56, 0.85M params"),
+    "resnet8x4": (lambda img_size=32, **kw: CifarResNet(8, **{**_X4, **kw}),
+                  "CIFAR ResNet-8x4 (CRD's KD student), 1.2M params, 256-d features"),
+    "resnet32x4": (lambda img_size=32, **kw: CifarResNet(32, **{**_X4, **kw}),
+                   "CIFAR ResNet-32x4 (CRD's KD teacher), 7.4M params, 256-d features"),
     "resnet18_lowres": (lambda img_size=32, **kw: _timm_backbone("resnet18", low_res_stem=True, **kw),
                         "timm ResNet-18 with a 3x3/1 stem and no max-pool, for 32-64 px"),
     "convnet_d3": (lambda **kw: ConvNet(depth=3, **kw), "ConvNet-D3 (width 128, instance norm)"),

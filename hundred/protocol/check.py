@@ -173,6 +173,11 @@ def check(track: Track, methods: Sequence[str] = (),
     classes = {m: track.method_class(m) for m in methods}
     bases = {m: base_config(track, classes[m], tune_data, budget, files, overrides,
                             root=str(out), device=device) for m in methods}
+    # what each phase needs before its runs (a teacher of that phase's classes), as overrides
+    tune_extra = track.prepare_phase(classes, bases[methods[0]], out, log)
+    bases = {m: base_config(track, classes[m], tune_data, budget, files,
+                            [*overrides, *tune_extra[m]], root=str(out), device=device)
+             if tune_extra[m] else bases[m] for m in methods}
     space_overrides = spaces.load_space_file(space_file) if space_file else None
     for method, base in bases.items():
         space = spaces.space_for(classes[method], budget, space_overrides)
@@ -191,9 +196,13 @@ def check(track: Track, methods: Sequence[str] = (),
                   heartbeat=heartbeat).best
              for m in methods]
     log.print("[bold]Phase 2: evaluation with frozen parameters[/bold]")
+    eval_extra = track.prepare_phase(
+        classes, base_config(track, classes[methods[0]], eval_data, budget, files, overrides,
+                             root=str(out), device=device), out, log)
     evaluation_runs = []
     for best in bests:
-        for summary in evaluate(best, eval_data, list(range(seeds)), files, overrides,
+        for summary in evaluate(best, eval_data, list(range(seeds)), files,
+                                [*overrides, *eval_extra[best.method]],
                                 root=str(out), device=device, verbose=verbose, console=log,
                                 method=classes[best.method]):
             evaluation_runs.append(load_summary(Path(summary["run_dir"]) / "summary.json"))

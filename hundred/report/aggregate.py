@@ -1,7 +1,7 @@
 """Group runs that differ only in their seed, and summarise each group as mean ± std.
 
 A row of a leaderboard is one :class:`GroupRow`: every run with the same track, dataset,
-scenario, protocol (and tuning dataset), method, model, memory budget, **settings** (the
+scenario, protocol (and tuning dataset), method, model, the track's descriptors (memory budget, teacher), **settings** (the
 digest of everything in the run's config that changes results except the seed, which the
 engine writes into each ``summary.json``) and data fingerprint (the identity of the images
 read, which the config alone does not pin down: a directory re-packed under the same path).
@@ -28,11 +28,13 @@ from hundred.report.collect import (ReportSpec, Warn, finite_number, load_run_co
                                     spec_for)
 
 # The fields that identify a row; ``seed`` is deliberately not among them.
-ROW_KEY = ("track", "data", "scenario", "protocol", "tuned_on", "method", "model", "memory",
+# ``descriptors`` holds the track's own descriptor keys and values (``ReportSpec.descriptors``,
+# e.g. ``(("memory", 2000),)``).
+ROW_KEY = ("track", "data", "scenario", "protocol", "tuned_on", "method", "model", "descriptors",
            "settings", "data_fingerprint")
 # What a leaderboard shows of a row besides its settings: rows equal in these but with
 # different settings would look identical without a settings column.
-VISIBLE_KEY = ("method", "model", "memory", "protocol", "tuned_on")
+VISIBLE_KEY = ("method", "model", "descriptors", "protocol", "tuned_on")
 # At most this many differing config keys are spelt out in a settings cell.
 MAX_SETTINGS_KEYS = 4
 UNKNOWN_SETTINGS = "settings unknown"
@@ -84,7 +86,7 @@ class GroupRow:
     tuned_on: str | None
     method: str
     model: str | None
-    memory: int | None
+    descriptors: tuple[tuple[str, Any], ...]
     runs: tuple[dict[str, Any], ...] = field(repr=False)
     metrics: dict[str, Stat]
     rank: int = 0
@@ -135,6 +137,10 @@ class GroupRow:
         """``conventional`` or e.g. ``tune-then-evaluate (tuned on synth10)``."""
         return self.protocol + (f" (tuned on {self.tuned_on})" if self.tuned_on else "")
 
+    def descriptor(self, key: str) -> Any:
+        """The value of the track's descriptor ``key`` (None when the row has none)."""
+        return dict(self.descriptors).get(key)
+
     @property
     def visible(self) -> tuple:
         """What a leaderboard shows of the row besides its settings (:data:`VISIBLE_KEY`)."""
@@ -147,7 +153,7 @@ class GroupRow:
         where = self.data + (f" — {self.scenario}" if self.scenario else "")
         extras = [self.protocol_label]
         extras += [f"model {self.model}"] if self.model else []
-        extras += [f"memory {self.memory}"] if self.memory is not None else []
+        extras += [f"{key} {value}" for key, value in self.descriptors if value is not None]
         extras.append(f"settings {self.settings}" if self.settings else UNKNOWN_SETTINGS)
         return f"{self.method} on {where} ({', '.join(extras)})"
 
@@ -232,7 +238,7 @@ def _format_value(value: Any) -> str:
 def settings_labels(rows: Sequence[GroupRow]) -> list[str] | None:
     """What tells ``rows`` (of one table) apart when some would otherwise look identical.
 
-    None when no two rows share method, model, memory and protocol (:data:`VISIBLE_KEY`) with
+    None when no two rows share method, model, the track's descriptors and protocol (:data:`VISIBLE_KEY`) with
     different settings or data fingerprints: the table needs no settings column. Otherwise
     one text per row, in order: the settings digest (``settings unknown`` for summaries without one), preceded,
     for rows that clash with another, by the config keys whose values differ between the
@@ -283,6 +289,12 @@ def _warn_changed_data(row: GroupRow, rows: Sequence[GroupRow]) -> GroupRow:
     return replace(row, warnings=(*row.warnings, message))
 
 
+def row_key(run: Mapping[str, Any]) -> tuple:
+    """The :data:`ROW_KEY` values of a normalised summary (descriptors from its track's spec)."""
+    descriptors = tuple((key, run.get(key)) for key in spec_for(run["track"]).descriptors)
+    return tuple(descriptors if key == "descriptors" else run.get(key) for key in ROW_KEY)
+
+
 def aggregate(runs: Sequence[dict[str, Any]], warn: Warn | None = None) -> list[GroupRow]:
     """Group ``runs`` (from :func:`~hundred.report.collect.collect_runs`) into rows.
 
@@ -301,11 +313,11 @@ def aggregate(runs: Sequence[dict[str, Any]], warn: Warn | None = None) -> list[
     every such warning as well.
 
     Rows come sorted by table (track, data, scenario), then protocol, then rank (best
-    first), then method name, model, memory and settings.
+    first), then method name, model, the track's descriptors and settings.
     """
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for run in runs:
-        groups.setdefault(tuple(run.get(key) for key in ROW_KEY), []).append(run)
+        groups.setdefault(row_key(run), []).append(run)
     rows: list[GroupRow] = []
     for key, members in groups.items():
         kept, repeated = one_run_per_seed(members)
@@ -338,7 +350,7 @@ def aggregate(runs: Sequence[dict[str, Any]], warn: Warn | None = None) -> list[
     rows = _rank(rows)
     rows.sort(key=lambda r: (r.track, r.data, _sort_text(r.scenario), r.protocol,
                              _sort_text(r.tuned_on), r.rank, r.method, _sort_text(r.model),
-                             _sort_text(r.memory), _sort_text(r.settings)))
+                             _sort_text(r.descriptors), _sort_text(r.settings)))
     return rows
 
 

@@ -120,7 +120,7 @@ def validate_summary(summary: Any) -> dict[str, Any]:
     Normalisation fills the optional descriptors so grouping never meets a missing key:
     ``protocol`` (default ``"conventional"``; a tuning-phase trial's becomes
     ``"tune-then-evaluate (tuning trials)"`` so trials never mix with results), ``tuned_on``,
-    ``scenario``, ``model``, ``memory``, ``settings`` (None when absent: a summary written
+    ``scenario``, ``model``, the track's descriptors (``ReportSpec.descriptors``), ``settings`` (None when absent: a summary written
     before the engine recorded its settings digest) and ``data_fingerprint``.
     """
     if not isinstance(summary, dict):
@@ -152,7 +152,8 @@ def validate_summary(summary: Any) -> dict[str, Any]:
         # a tuning trial's number is measured on the tuning data with candidate parameters:
         # never let it pass for a result of the protocol (Cha & Cho, TMLR 2025)
         normal["protocol"] += TUNING_SUFFIX
-    for key in ("tuned_on", "scenario", "model", "memory", "settings", "data_fingerprint"):
+    for key in ("tuned_on", "scenario", "model", "settings", "data_fingerprint",
+                *spec.descriptors):
         normal.setdefault(key, None)
     return normal
 

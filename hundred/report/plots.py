@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import matplotlib
 import numpy as np
@@ -45,11 +45,15 @@ def slug(text: str) -> str:
 
 
 def row_label(row: GroupRow, rows: Sequence[GroupRow]) -> str:
-    """The method name, plus the model/memory/protocol when they tell rows of ``rows`` apart,
+    """The method name, plus the model, the track's descriptors (memory, teacher) and the protocol when they tell rows of ``rows`` apart,
     e.g. ``wa (tune-then-evaluate, tuned on synth10)``, and the settings (differing config
     keys, digest) when rows would otherwise share a label: ``wa (optim.lr=0.05 · 3f2a9c1b0d4e)``."""
-    extras = [str(getattr(row, attr)) for attr in ("model", "memory", "protocol", "tuned_on")
-              if len({getattr(other, attr) for other in rows}) > 1 and getattr(row, attr) is not None]
+    def value(of: GroupRow, attr: str) -> Any:
+        return of.descriptor(attr) if attr in of.spec.descriptors else getattr(of, attr)
+
+    attrs = ("model", *row.spec.descriptors, "protocol", "tuned_on")
+    extras = [str(value(row, attr)) for attr in attrs
+              if len({value(other, attr) for other in rows}) > 1 and value(row, attr) is not None]
     if row.tuned_on is not None and extras and extras[-1] == row.tuned_on:
         extras[-1] = f"tuned on {row.tuned_on}"
     settings = _settings_label(row, rows)

@@ -10,18 +10,19 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from hundred.report.aggregate import GroupRow, Stat, settings_labels
 from hundred.report.collect import common_root
 
 MISSING = "–"  # en dash: no run of the row reported this metric
 
-# Descriptor columns that may sit between "method" and "seeds": (row attribute, header).
-_DESCRIPTORS = (("model", "model"), ("memory", "memory"), ("protocol_label", "protocol"),
+# Descriptor columns that may sit between "method" and "seeds": (row attribute, header); the
+# track's own descriptors (``ReportSpec.descriptors``) come after the model.
+_DESCRIPTORS = (("model", "model"), ("protocol_label", "protocol"),
                 ("tuned_params", "tuned params"))
 # ... of which these are shown whenever a row has a value (provenance, even if shared)
-_SHOWN_WHEN_PRESENT = ("tuned_params",)
+_SHOWN_WHEN_PRESENT = ("tuned params",)
 
 
 @dataclass(frozen=True)
@@ -95,7 +96,7 @@ def leaderboard(rows: Sequence[GroupRow], title: str | None = None, note: str | 
                 extra_columns: Mapping[str, Callable[[GroupRow], str]] | None = None) -> Table:
     """A table of already-aggregated rows of one track, best first within each protocol.
 
-    Columns: method, the descriptors (model, memory, protocol) that the track always shows or
+    Columns: method, the descriptors (model, the track's own such as memory or teacher, protocol) that the track always shows or
     that differ between rows, the tuned parameters when a row has them, ``settings`` when two
     rows would otherwise look identical (see :func:`~hundred.report.aggregate.settings_labels`:
     the config keys that differ, and the settings digest), seeds (distinct seeds counted),
@@ -109,13 +110,24 @@ def leaderboard(rows: Sequence[GroupRow], title: str | None = None, note: str | 
     if len({row.track for row in rows}) != 1:
         raise ValueError("a leaderboard holds rows of one track")
     rows = sorted(rows, key=lambda r: (r.protocol, r.tuned_on or "", r.rank, r.method,
-                                       str(r.model), str(r.memory), r.settings or ""))
+                                       str(r.model), str(r.descriptors), r.settings or ""))
     spec = rows[0].spec
-    descriptors = [(attr, label) for attr, label in _DESCRIPTORS
-                   if label in spec.always_shown
-                   or len({getattr(row, attr) for row in rows}) > 1
-                   or (attr in _SHOWN_WHEN_PRESENT
-                       and any(getattr(row, attr) is not None for row in rows))]
+    cells: dict[str, Callable[[GroupRow], Any]] = {
+        label: (lambda row, attr=attr: getattr(row, attr)) for attr, label in _DESCRIPTORS}
+    cells = {"model": cells.pop("model"),
+             **{key: (lambda row, key=key: row.descriptor(key)) for key in spec.descriptors},
+             **cells}
+
+    def shown(label: str, cell: Callable[[GroupRow], Any]) -> bool:
+        values = {cell(row) for row in rows}
+        if len(values) > 1:
+            return True
+        when_present = label in _SHOWN_WHEN_PRESENT or label in spec.descriptors
+        if when_present and values == {None}:
+            return False
+        return label in spec.always_shown or label in _SHOWN_WHEN_PRESENT
+
+    descriptors = [(cell, label) for label, cell in cells.items() if shown(label, cell)]
     settings = settings_labels(rows)
     metrics = [m for i, m in enumerate(spec.metrics)
                if i == 0 or any(row.metrics[m.key].n for row in rows)]
@@ -128,8 +140,7 @@ def leaderboard(rows: Sequence[GroupRow], title: str | None = None, note: str | 
     body = []
     for index, row in enumerate(rows):
         cells = [row.method]
-        cells += [MISSING if getattr(row, attr) is None else str(getattr(row, attr))
-                  for attr, _ in descriptors]
+        cells += [MISSING if cell(row) is None else str(cell(row)) for cell, _ in descriptors]
         cells += [settings[index]] if settings else []
         cells.append(str(len(row.runs)))
         cells += [format_stat(row.metrics[m.key], len(row.runs)) for m in metrics]

@@ -45,3 +45,17 @@ def test_cosine_head_is_scale_invariant_in_features():
 def test_unknown_model_is_a_clear_error():
     with pytest.raises(HundredError, match="unknown model"):
         create("resnet_does_not_exist", 10)
+
+
+@pytest.mark.parametrize("name, millions", [("resnet8x4", 1.23), ("resnet32x4", 7.43)])
+def test_wide_cifar_resnets_match_the_distillation_benchmark(name, millions):
+    """CRD's ResNet-8x4 / 32x4 (Tian et al., ICLR 2020): 1.23M / 7.43M parameters with a
+    100-class head, 256-d features, projection (1x1 conv) shortcuts where shapes change."""
+    model = create(name, 100)
+    count = sum(p.numel() for p in model.parameters()) / 1e6
+    assert abs(count - millions) / millions < 0.01
+    assert model.feature_dim == 256
+    shortcuts = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)
+                 and m.kernel_size == (1, 1)]
+    assert len(shortcuts) == 3  # stem 32 -> 64, then the two strided stages
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 100)

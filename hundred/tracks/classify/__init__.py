@@ -16,8 +16,10 @@ TRACK = Track(
         metrics=(Metric("val_top1", "top-1"), Metric("val_top5", "top-5"),
                  Metric("val_ece", "ECE", higher_is_better=False),
                  Metric("val_loss", "NLL", higher_is_better=False)),
-        required=("val_top1",), always_shown=("model",)),
+        required=("val_top1",), always_shown=("model", "teacher"), descriptors=("teacher",)),
     shortcuts=(Shortcut("teacher", "classify.teacher",
                         help="teacher of distillation methods: RUN_DIR or timm:NAME:PATH"),),
     check_methods=("erm",),
+    commands=".cli:add_commands",
+    phase_setup=".protocol:phase_teacher",
 )

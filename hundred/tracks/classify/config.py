@@ -16,3 +16,6 @@ class ClassifyConfig(StrictModel):
     teacher: Optional[str] = Field(
         None, description="the teacher of distillation methods: a finished hundred run "
         "directory (RUN_DIR) or timm:NAME:PATH (a timm model and a local safetensors file)")
+    teacher_model: str = Field(
+        "resnet56", description="the architecture of the ERM teacher that `hundred check` "
+        "trains on each phase's data for the distillation methods (when no teacher is given)")

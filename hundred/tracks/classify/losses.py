@@ -24,6 +24,9 @@ __all__ = [
     "zipf_non_target_labels",
     "uskd_loss",
     "pld_loss",
+    "reverse_kd_loss",
+    "balanced_divergence_weights",
+    "balanced_divergence",
 ]
 
 
@@ -258,3 +261,77 @@ def pld_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
     ordered = s.gather(1, order)
     tail = torch.logcumsumexp(ordered.flip(1), dim=1).flip(1)
     return -(alpha * (ordered - tail)).sum(dim=1).mean()
+
+
+# ---------------------------------------------------------------------------- BD-KD (online)
+
+
+def _kl_rows(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """Per-row KL(p || q) of two (B, C) log-distributions, shape (B,)."""
+    return (log_p.exp() * (log_p - log_q)).sum(dim=1)
+
+
+def _entropy_rows(log_p: torch.Tensor) -> torch.Tensor:
+    """Per-row entropy of a (B, C) log-distribution, shape (B,)."""
+    return -(log_p.exp() * log_p).sum(dim=1)
+
+
+def reverse_kd_loss(learner_logits: torch.Tensor, target_logits: torch.Tensor,
+                    temperature: float = 1.0) -> torch.Tensor:
+    """The reverse counterpart of :func:`kd_loss`: ``T**2 * KL(p_learner || p_target)``,
+    batch mean, at temperature ``T``; the target is detached, the gradient reaches the learner
+    through both the weights ``p_learner`` and the log-ratio. Reverse KL is mode-seeking: the
+    learner is pushed to put its mass where the target's is, not to cover all of it.
+    """
+    t = float(temperature)
+    log_learner = F.log_softmax(learner_logits.float() / t, dim=1)
+    log_target = F.log_softmax(target_logits.detach().float() / t, dim=1)
+    return _kl_rows(log_learner, log_target).mean() * t * t
+
+
+def balanced_divergence_weights(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                                multiplier: float = 2.0, temperature: float = 1.0
+                                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """BD-KD's per-sample balance of the two KL directions (Amara et al., arXiv:2212.12965):
+    ``(w_forward, w_reverse)``, each of shape (B,), detached.
+
+    For sample i, with H the entropy of the softmax at temperature ``T``:
+
+    * ``H(p_s^i) > H(p_t^i)`` (the student is less confident than the teacher):
+      ``w_reverse = multiplier``, ``w_forward = 1`` — more weight on the mode-seeking reverse
+      KL, which sharpens the student;
+    * ``H(p_s^i) < H(p_t^i)`` (the student is over-confident): ``w_forward = multiplier``,
+      ``w_reverse = 1`` — more weight on the mode-covering forward KL, which softens it;
+    * equal entropies: both 1.
+    """
+    t = float(temperature)
+    with torch.no_grad():
+        h_student = _entropy_rows(F.log_softmax(student_logits.float() / t, dim=1))
+        h_teacher = _entropy_rows(F.log_softmax(teacher_logits.float() / t, dim=1))
+        one = torch.ones_like(h_student)
+        boosted = torch.full_like(h_student, float(multiplier))
+        w_reverse = torch.where(h_student > h_teacher, boosted, one)
+        w_forward = torch.where(h_teacher > h_student, boosted, one)
+    return w_forward, w_reverse
+
+
+def balanced_divergence(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                        multiplier: float = 2.0, temperature: float = 1.0) -> torch.Tensor:
+    """BD-KD's balanced divergence of the student (Amara et al., arXiv:2212.12965):
+
+        T**2 * mean_i [ w_f^i KL(p_t^i || p_s^i) + w_r^i KL(p_s^i || p_t^i) ]
+
+    forward KL (teacher || student) plus reverse KL (student || teacher), each sample weighted
+    by :func:`balanced_divergence_weights` (the multiplier goes to the reverse KL where the
+    student's entropy exceeds the teacher's, to the forward KL where it is below). The
+    teacher's logits are detached: the gradient reaches the student only. With
+    ``multiplier=1`` it is the symmetric (Jeffreys) KL.
+    """
+    t = float(temperature)
+    log_student = F.log_softmax(student_logits.float() / t, dim=1)
+    log_teacher = F.log_softmax(teacher_logits.detach().float() / t, dim=1)
+    w_forward, w_reverse = balanced_divergence_weights(student_logits, teacher_logits,
+                                                       multiplier, temperature)
+    forward = _kl_rows(log_teacher, log_student)
+    reverse = _kl_rows(log_student, log_teacher)
+    return (w_forward * forward + w_reverse * reverse).mean() * t * t

@@ -1,10 +1,12 @@
 """What a classification method adds to the engine's hook set: ``prepare``, called with the
-loaded data before the run directory exists (so a bad teacher writes nothing), and the
+loaded data before the run directory exists (so a bad teacher writes nothing),
+``train_loader`` (the training batches: a method that replays stored views and soft targets
+supplies its own), ``teacher_label`` (what the reports' teacher column shows), and the
 distillation base class that owns a frozen teacher."""
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from torch import nn
@@ -14,6 +16,10 @@ from hundred.data import Dataset
 from hundred.engine.method import Method, SetupContext
 from hundred.errors import HundredError
 
+if TYPE_CHECKING:
+    from hundred.data.loader import BatchLoader
+    from hundred.engine.run import RunContext
+
 
 class ClassifyMethod(Method):
     """Base class of the classification track's methods."""
@@ -21,6 +27,19 @@ class ClassifyMethod(Method):
     def prepare(self, config: RunConfig, dataset: Dataset, image_size: int) -> None:
         """Called once the data is loaded, before the run directory is created: check and load
         what the method needs from outside the run (a teacher). The default needs nothing."""
+
+    def train_loader(self, ctx: RunContext, dataset: Dataset) -> BatchLoader:
+        """The training batches, ``(images, labels)`` for :meth:`loss`. The default: the
+        run's augmentation (``data.augment``) of the train split, :attr:`views` views, integer
+        labels."""
+        from hundred.engine.run import train_loader
+
+        return train_loader(ctx, dataset, views=self.views)
+
+    def teacher_label(self) -> str | None:
+        """The teacher behind this method's runs, in words, for the summary and the reports'
+        teacher column (None: trained without a teacher)."""
+        return None
 
 
 class DistillationMethod(ClassifyMethod):
@@ -43,6 +62,12 @@ class DistillationMethod(ClassifyMethod):
             raise HundredError(f"{self.track}/{self.name} distils a teacher: give --teacher "
                                "RUN_DIR (a finished run) or --teacher timm:NAME:PATH")
         self._teacher = load_teacher(spec, dataset.num_classes, dataset.name, image_size)
+
+    def teacher_label(self) -> str | None:
+        from hundred.tracks.classify.teacher import teacher_label
+
+        spec = self.config.classify.teacher
+        return None if spec is None else teacher_label(spec)
 
     def setup(self, model: nn.Module, ctx: SetupContext) -> None:
         if "teacher" not in self.frozen:

@@ -6,8 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from hundred.config import RunConfig
-from hundred.engine.run import (eval_loader, finish_run, image_size, load_data, running,
-                                train_loader)
+from hundred.engine.run import eval_loader, finish_run, image_size, load_data, running
 from hundred.engine.trainer import Trainer
 from hundred.models import create
 from hundred.tracks.classify.method import ClassifyMethod
@@ -24,7 +23,7 @@ def run(config: RunConfig, method: ClassifyMethod, resume_dir: Path | None = Non
     with running(config, resume_dir) as ctx:
         model = create(config.model.name, dataset.num_classes, head=config.model.head,
                        img_size=size, **config.model.options)
-        trainer = Trainer(config, model, method, train_loader(ctx, dataset, views=method.views),
+        trainer = Trainer(config, model, method, method.train_loader(ctx, dataset),
                           eval_loader(ctx, dataset) if ctx.dist.is_main else None,
                           ctx.device, ctx.run_dir, ctx.dist, ctx.console)
         if ctx.resumed and trainer.resume():
@@ -32,7 +31,7 @@ def run(config: RunConfig, method: ClassifyMethod, resume_dir: Path | None = Non
         result = trainer.fit()
         summary = {
             "data": dataset.name, "model": config.model.name, "classes": dataset.num_classes,
-            "teacher": config.classify.teacher,
+            "teacher": method.teacher_label(), "teacher_spec": config.classify.teacher,
             "epochs": config.train.epochs, **result.final,
             "train_seconds": round(result.train_seconds, 2),
             "images_per_s": round(result.images_per_second, 1),

@@ -30,6 +30,20 @@ def load_teacher(spec: str, num_classes: int, data_name: str, image_size: int) -
     return teacher.eval().requires_grad_(False)
 
 
+def teacher_label(spec: str) -> str:
+    """A teacher in a few words: ``resnet56 (run teacher-synth100)`` for a run directory,
+    ``timm:resnet34 (r34.safetensors)`` for a timm model with a local file."""
+    if spec.startswith(TIMM_PREFIX):
+        name, _, path = spec[len(TIMM_PREFIX):].partition(":")
+        return f"{TIMM_PREFIX}{name} ({Path(path).name})"
+    run_dir = Path(spec)
+    try:
+        model = build_config([run_dir / "config.yaml"]).model.name
+    except (HundredError, OSError):
+        return f"run {run_dir.name}"
+    return f"{model} (run {run_dir.name})"
+
+
 def _run_teacher(run_dir: Path, num_classes: int, data_name: str, image_size: int
                  ) -> nn.Module:
     """A finished run: its architecture from ``config.yaml``, its weights (the EMA weights

@@ -13,6 +13,7 @@ TRACK = Track(
     section=IncrementalConfig,
     # Cha & Cho (TMLR 2025) tune and report average incremental accuracy.
     report=ReportSpec(
+        descriptors=("memory",),
         metrics=(Metric("avg_incremental_accuracy", "avg incremental acc"),
                  Metric("last_accuracy", "last acc"),
                  Metric("avg_forgetting", "avg forgetting", higher_is_better=False),

@@ -57,7 +57,8 @@ def test_kd_distils_a_finished_run_without_training_or_saving_it(tmp_path, teach
     assert not any(k.startswith(("method.", "teacher")) for k in weights)
     for key, value in teacher.state_dict().items():
         assert torch.equal(value, before[key]), key  # the teacher was never trained
-    assert summary["teacher"] == str(teacher_dir) and 0 <= summary["val_ece"] <= 100
+    assert summary["teacher_spec"] == str(teacher_dir) and 0 <= summary["val_ece"] <= 100
+    assert summary["teacher"] == "convnet_d3 (run teacher)"  # the report column
 
 
 def test_a_teacher_that_does_not_fit_writes_nothing(tmp_path, teacher_dir):
@@ -95,7 +96,8 @@ def test_a_timm_teacher_with_a_local_weights_file(tmp_path):
               str(tmp_path / "r18.safetensors"))
     config = kd_config(tmp_path, f"timm:resnet18:{tmp_path / 'r18.safetensors'}")
     summary = TRACK.run(config)
-    assert summary["teacher"].startswith("timm:resnet18:")
+    assert summary["teacher_spec"].startswith("timm:resnet18:")
+    assert summary["teacher"].startswith("timm:resnet18 (")
     truncated = tmp_path / "cut.safetensors"
     truncated.write_bytes((tmp_path / "r18.safetensors").read_bytes()[:1000])
     with pytest.raises(HundredError, match="unreadable"):
@@ -106,5 +108,5 @@ def test_a_timm_teacher_with_a_local_weights_file(tmp_path):
 def test_every_distillation_method_trains_against_the_teacher(tmp_path, teacher_dir, method):
     config = tiny(tmp_path, f"method={method}", "name=s", f"classify.teacher={teacher_dir}")
     summary = TRACK.run(config)
-    assert summary["method"] == method and summary["teacher"] == str(teacher_dir)
+    assert summary["method"] == method and summary["teacher_spec"] == str(teacher_dir)
     assert 0 <= summary["val_top1"] <= 100

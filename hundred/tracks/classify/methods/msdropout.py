@@ -32,20 +32,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from hundred.engine.losses import cross_entropy
+from hundred.models.taps import unwrap
 from hundred.registry import register
 from hundred.space import Choice
 from hundred.tracks.classify.method import ClassifyMethod
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The module under DDP (``.module``) and torch.compile (``._orig_mod``) wrappers."""
-    while True:
-        if isinstance(model, nn.parallel.DistributedDataParallel):
-            model = model.module
-        elif hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        else:
-            return model
 
 
 class MultiSampleDropoutParams(BaseModel):
