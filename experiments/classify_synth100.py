@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 DATA = "{classes: 100, train_per_class: 50, val_per_class: 20, res: 16}"
-STUDENT = ("model.name=resnet20", "model.options={width: 8}")
+STUDENT = ("model.name=resnet20", "model.options={{width: 8}}")  # str.format-escaped
 VIT = ("model.name=vit_tiny_p4_32",)
 COMMON = ("data.batch_size=64", "optim.lr=0.1", "train.epochs={epochs}", "quiet=true")
 
@@ -42,6 +42,7 @@ ROWS: dict[str, tuple[str, tuple[str, ...]]] = {
     "BD-KD (online, ResNet-56 peer)": ("bdkd", (*STUDENT, "method_params.peer=resnet56")),
     "LSSKD": ("lsskd", STUDENT),
     "multi-sample dropout": ("msdropout", STUDENT),
+    "DR (stored views and labels)": ("dr", STUDENT),
     "ViT, ReLU": ("erm", (*VIT, "model.options.activation=relu")),
     "ViT, GELU": ("erm", (*VIT, "model.options.activation=gelu")),
     "ViT, CRReLU": ("erm", (*VIT, "model.options.activation=crrelu")),
@@ -61,8 +62,9 @@ def run(out: Path, method: str, name: str, overrides: list[str]) -> Path:
     run_dir = out / "classify" / method / name
     if (run_dir / "summary.json").is_file():
         return run_dir
-    args = ["run", "classify", method, "--root", str(out), "--name", name, "--data", "synth100",
-            "--set", f"data.options={DATA}"]
+    args = ["run", "classify", method, "--root", str(out), "--name", name]
+    if not any(o.startswith("data.source=") for o in overrides):  # the built-in data
+        args += ["--data", "synth100", "--set", f"data.options={DATA}"]
     if (run_dir / "config.yaml").is_file():
         args += ["--resume", str(run_dir)]
     for override in overrides:
@@ -71,6 +73,21 @@ def run(out: Path, method: str, name: str, overrides: list[str]) -> Path:
     hundred(*args)
     print(f"{name}: {time.perf_counter() - started:.0f} s", flush=True)
     return run_dir
+
+
+def reinforced_data(out: Path, teacher: Path, samples: int) -> Path:
+    """synth100 packed once at the table's size, and the teacher's Dataset Reinforcement of
+    it (``samples`` stored crop-flip views per image, top-10 labels), made once."""
+    packed = out / "synth100-16"
+    if not (packed / "meta.json").is_file():
+        options = [a for o in DATA.strip("{}").split(", ")
+                   for a in ("--option", o.replace(": ", "="))]
+        hundred("data", "pack", "synth100", "--res", "16", "--out", str(packed), *options)
+    reinforced = out / "synth100-16-reinforced"
+    if not (reinforced / "meta.json").is_file():
+        hundred("data", "reinforce", str(packed), "--teacher", str(teacher), "--samples",
+                str(samples), "--augment", "crop-flip", "--out", str(reinforced), "-q")
+    return reinforced
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -83,6 +100,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--teacher-epochs", type=int, default=20)
+    parser.add_argument("--dr-samples", type=int, default=10,
+                        help="views stored per image for Dataset Reinforcement")
     parser.add_argument("--only", help="comma-separated row labels to run (default: all)")
     args = parser.parse_args()
     out = Path(args.out)
@@ -96,6 +115,8 @@ def main() -> None:
         for seed in range(args.seeds):
             slug = label.split(" (")[0].lower().replace(" ", "-").replace(",", "")
             overrides = [*common, *(e.format(teacher=teacher) for e in extra), f"seed={seed}"]
+            if method == "dr":
+                overrides.append(f"data.source={reinforced_data(out, teacher, args.dr_samples)}")
             run_dir = run(out, method, f"{slug}-s{seed}", overrides)
             summary = json.loads((run_dir / "summary.json").read_text())
             for key in ("val_top1", "val_ece", "val_loss", "train_seconds"):
