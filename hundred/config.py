@@ -84,6 +84,13 @@ class DataConfig(StrictModel):
         "relabelled 0..K-1, e.g. '0-49' or '0,3,7-9'; None = all")
     options: dict[str, Any] = Field(default_factory=dict, description="source options")
     augment: str = Field("crop-flip", description="train augmentation preset")
+    label_fraction: float = Field(
+        1.0, gt=0, le=1, description="train on this fraction of the train split: "
+        "round(fraction * n) images of each class (at least 1), the same for every run seed; "
+        "validation is never subsampled")
+    label_fraction_seed: int = Field(
+        0, ge=0, description="the seed that picks the label_fraction subset (independent of "
+        "the run seed, so that runs of several seeds train on the same images)")
     image_size: Optional[int] = Field(
         None, ge=8, description="model input size; default: the data's resolution (pack a "
         "little larger, e.g. 72 for 64, so random-resized and centre crops have a margin)")

@@ -22,6 +22,14 @@ Where the work is done, and why:
 * Pad-and-crop and flip are index operations kornia has no batched, generator-driven form
   of; they run on the uint8 batch (4x less memory traffic than float), the crop as one gather
   that reads the padded window without materialising the padded batch.
+
+Self-supervised views (``grayscale``, ``blur``, ``solarize`` and the ``simclr*``/``byol*``
+presets; :func:`view_specs` maps a recipe to its per-view presets for the loader's
+``view_augments``) follow SimCLR (Chen, Kornblith, Norouzi, Hinton, "A Simple Framework for
+Contrastive Learning of Visual Representations", ICML 2020, Appendix A and B.9) and BYOL
+(Grill et al., "Bootstrap Your Own Latent", NeurIPS 2020, Appendix B, Table 6). Each draws a
+per-sample "applied" flag with probability ``p`` and acts through ``torch.where`` or a
+per-sample kernel, so every parameter has one row per image and there is no loop over samples.
 """
 
 from __future__ import annotations
@@ -355,6 +363,144 @@ _JITTER_FUNCTIONS = {
 }
 
 
+def _chosen(images: torch.Tensor, p: float, generator: torch.Generator | None) -> torch.Tensor:
+    """A bool per sample, true with probability ``p`` (drawn even for ``p`` of 0 or 1, so a
+    pipeline consumes the same random numbers whatever its probabilities)."""
+    return _uniform(images.shape[0], 0.0, 1.0, generator, images) < p
+
+
+def _check_probability(p: float) -> None:
+    if not 0.0 <= p <= 1.0:
+        raise HundredError(f"probability p must be in [0, 1], got {p}")
+
+
+#: ITU-R BT.601 luma weights (R, G, B), as torchvision's and kornia's ``rgb_to_grayscale``
+LUMA_WEIGHTS = (0.299, 0.587, 0.114)
+
+
+@dataclass
+class RandomGrayscale(Op):
+    """Replace each sample, with probability ``p``, by its BT.601 luma ``0.299 R + 0.587 G +
+    0.114 B`` copied to all three channels (SimCLR's and BYOL's grayscale, ``p = 0.2``)."""
+
+    p: float = 0.2
+    needs_float = True
+
+    def __post_init__(self) -> None:
+        _check_probability(self.p)
+
+    def sample(self, images: torch.Tensor, generator: torch.Generator | None) -> Params:
+        return {"applied": _chosen(images, self.p, generator)}
+
+    def apply(self, images: torch.Tensor, params: Params) -> torch.Tensor:
+        red, green, blue = LUMA_WEIGHTS
+        luma = images[:, 0:1] * red + images[:, 1:2] * green + images[:, 2:3] * blue
+        return torch.where(params["applied"][:, None, None, None], luma, images)
+
+
+@dataclass
+class RandomSolarize(Op):
+    """With probability ``p`` per sample, invert the pixels at or above ``threshold``:
+    ``x -> 1 - x`` for ``x >= 0.5`` on ``[0, 1]`` pixels (BYOL, Grill et al. 2020, App. B)."""
+
+    p: float = 0.2
+    threshold: float = 0.5
+    needs_float = True
+
+    def __post_init__(self) -> None:
+        _check_probability(self.p)
+
+    def sample(self, images: torch.Tensor, generator: torch.Generator | None) -> Params:
+        return {"applied": _chosen(images, self.p, generator)}
+
+    def apply(self, images: torch.Tensor, params: Params) -> torch.Tensor:
+        invert = params["applied"][:, None, None, None] & (images >= self.threshold)
+        return torch.where(invert, 1.0 - images, images)
+
+
+def blur_kernel_size(side: int) -> int:
+    """SimCLR's kernel for an image side: 10% of it, made odd (``radius = side // 10 // 2``),
+    so 23 at 224 px (BYOL's 23x23), 9 at 96, 7 at 64, 3 at 32 and 1 (no blur) below 20."""
+    return 2 * (side // 10 // 2) + 1
+
+
+@dataclass
+class RandomGaussianBlur(Op):
+    """Gaussian blur of each sample, with probability ``p``, with its own ``sigma`` drawn
+    uniformly from ``sigma`` (SimCLR/BYOL: ``[0.1, 2.0]`` pixels, SimCLR ``p = 0.5``).
+
+    The square kernel has ``kernel_size`` taps; ``None`` applies SimCLR's rule to the shorter
+    side of the step's input (:func:`blur_kernel_size`), so the blur is a no-op below 20 px.
+    Borders are reflected (torchvision's and kornia's default; SimCLR's TensorFlow code pads
+    with zeros, which darkens the edges).
+
+    One batched separable convolution: the padded batch is viewed as ``B * 3`` channels and
+    convolved with a grouped 1-D kernel per channel, once along each axis; a sample that is
+    not blurred gets the unit impulse as its kernel, so it passes through exactly. kornia's
+    ``gaussian_blur2d`` takes a per-sample sigma but needs every sigma > 0 (no per-sample
+    identity, so an extra ``where`` pass) and checks that by reading sigma back from the
+    device (a CUDA sync per batch); on CPU it measured no faster.
+    """
+
+    p: float = 0.5
+    sigma: tuple[float, float] = (0.1, 2.0)
+    kernel_size: int | None = None
+    needs_float = True
+
+    def __post_init__(self) -> None:
+        _check_probability(self.p)
+        self.sigma = (float(self.sigma[0]), float(self.sigma[1]))
+        if not 0 < self.sigma[0] <= self.sigma[1]:
+            raise HundredError(f"blur sigma range needs 0 < low <= high, got {self.sigma}")
+        if self.kernel_size is not None and (self.kernel_size < 1 or self.kernel_size % 2 == 0):
+            raise HundredError(f"blur kernel_size must be odd and >= 1, got {self.kernel_size}")
+
+    def _kernel_size(self, images: torch.Tensor) -> int:
+        size = self.kernel_size or blur_kernel_size(min(images.shape[-2:]))
+        if size // 2 >= min(images.shape[-2:]):
+            raise ValueError(f"blur kernel {size} needs inputs larger than {size // 2} px, "
+                             f"got {tuple(images.shape[-2:])}")
+        return size
+
+    def sample(self, images: torch.Tensor, generator: torch.Generator | None) -> Params:
+        """Per sample: ``applied`` and its ``sigma`` (drawn for every sample)."""
+        applied = _chosen(images, self.p, generator)
+        sigma = _uniform(images.shape[0], *self.sigma, generator, images)
+        return {"applied": applied, "sigma": sigma}
+
+    def apply(self, images: torch.Tensor, params: Params) -> torch.Tensor:
+        size = self._kernel_size(images)
+        if size == 1 or self.p == 0:  # nothing to blur (no device sync to find out)
+            return images
+        kernels = gaussian_kernels(params["sigma"], size, images.dtype)
+        impulse = (torch.arange(size, device=images.device) == size // 2).to(images.dtype)
+        kernels = torch.where(params["applied"][:, None], kernels, impulse)
+        return separable_filter(images, kernels)
+
+
+def gaussian_kernels(
+    sigma: torch.Tensor, size: int, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """``(B, size)`` normalised 1-D Gaussian taps ``exp(-n^2 / (2 sigma^2))``, ``n`` the offset
+    from the centre, one row per ``sigma``."""
+    offset = torch.arange(size, device=sigma.device, dtype=dtype) - size // 2
+    taps = torch.exp(-offset.square() / (2 * sigma.to(dtype)[:, None].square()))
+    return taps / taps.sum(dim=1, keepdim=True)
+
+
+def separable_filter(images: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
+    """Correlate each sample of ``(B, C, H, W)`` with its own odd 1-D kernel (``kernels`` is
+    ``(B, k)``) along both axes, with reflected borders: two grouped convolutions."""
+    batch, channels, height, width = images.shape
+    radius = kernels.shape[1] // 2
+    weights = kernels.to(images.dtype).repeat_interleave(channels, dim=0)  # (B * C, k)
+    padded = F.pad(images, (radius, radius, radius, radius), mode="reflect")
+    flat = padded.reshape(1, batch * channels, *padded.shape[-2:])
+    flat = F.conv2d(flat, weights[:, None, None, :], groups=batch * channels)  # along W
+    flat = F.conv2d(flat, weights[:, None, :, None], groups=batch * channels)  # along H
+    return flat.reshape(batch, channels, height, width)
+
+
 @dataclass
 class Resize(Op):
     """Deterministic bilinear resize (antialiased when shrinking) to ``size``."""
@@ -491,12 +637,77 @@ PRESETS: dict[str, list[dict[str, Any]]] = {
     # ImageNet standard: random-resized-crop + flip (the flip folded into the sampling grid:
     # ~20-30% faster on CPU than a separate step)
     "rrc-flip": [{"op": "rrc", "hflip": 0.5}],
-    # ... plus colour jitter with SimCLR's strengths, applied with probability 0.8
+    # ... plus colour jitter with SimCLR's CIFAR-10 strengths (s = 0.5), with probability 0.8
     "rrc-flip-jitter": [
         {"op": "rrc", "hflip": 0.5},
         {"op": "jitter", "brightness": 0.4, "contrast": 0.4, "saturation": 0.4, "hue": 0.1, "p": 0.8},
     ],
 }
+
+
+def _ssl_steps(
+    jitter: tuple[float, float, float, float], blur: float = 0.0, solarize: float = 0.0
+) -> list[dict[str, Any]]:
+    """A self-supervised view: random-resized-crop (area 0.08-1, aspect 3/4-4/3) + flip 0.5,
+    colour jitter (brightness, contrast, saturation, hue) with p 0.8, grayscale 0.2, then the
+    Gaussian blur and solarisation steps with the given probabilities (omitted at 0)."""
+    brightness, contrast, saturation, hue = jitter
+    steps: list[dict[str, Any]] = [
+        {"op": "rrc", "scale": (0.08, 1.0), "hflip": 0.5},
+        {"op": "jitter", "brightness": brightness, "contrast": contrast,
+         "saturation": saturation, "hue": hue, "p": 0.8},
+        {"op": "grayscale", "p": 0.2},
+    ]
+    if blur > 0:
+        steps.append({"op": "blur", "p": blur, "sigma": (0.1, 2.0)})
+    if solarize > 0:
+        steps.append({"op": "solarize", "p": solarize})
+    return steps
+
+
+# SimCLR colour strength s = 1 (ImageNet): jitter (0.8 s, 0.8 s, 0.8 s, 0.2 s); s = 0.5 for CIFAR
+_SIMCLR_JITTER = (0.8, 0.8, 0.8, 0.2)
+_SIMCLR_SMALL_JITTER = (0.4, 0.4, 0.4, 0.1)
+# BYOL Table 6: brightness 0.4, contrast 0.4, saturation 0.2, hue 0.1
+_BYOL_JITTER = (0.4, 0.4, 0.2, 0.1)
+
+PRESETS.update({
+    # SimCLR (Chen et al. 2020, "A Simple Framework for Contrastive Learning of Visual
+    # Representations", ICML, App. A): crop + flip, colour distortion of strength s = 1
+    # (jitter (0.8, 0.8, 0.8, 0.2) with p 0.8, grayscale p 0.2), Gaussian blur p 0.5 (sigma
+    # 0.1-2.0 px, kernel 10% of the side). solo-learn's SimCLR recipes use the same numbers.
+    "simclr": _ssl_steps(_SIMCLR_JITTER, blur=0.5),
+    # SimCLR's CIFAR-10 recipe (App. B.9; the official repository's CIFAR-10 command:
+    # colour strength 0.5, no blur): for images of 32 px and below
+    "simclr-small": _ssl_steps(_SIMCLR_SMALL_JITTER),
+    # BYOL (Grill et al. 2020, "Bootstrap Your Own Latent", NeurIPS, App. B, Table 6): two
+    # asymmetric views, blur p 1.0 / 0.1 and solarisation p 0.0 / 0.2
+    "byol-view1": _ssl_steps(_BYOL_JITTER, blur=1.0),
+    "byol-view2": _ssl_steps(_BYOL_JITTER, blur=0.1, solarize=0.2),
+    # BYOL for small images, as solo-learn's CIFAR recipe (asymmetric.yaml): no blur
+    "byol-small-view1": _ssl_steps(_BYOL_JITTER),
+    "byol-small-view2": _ssl_steps(_BYOL_JITTER, solarize=0.2),
+})
+
+#: self-supervised recipe -> the preset of each view (pass as the loader's ``view_augments``)
+VIEW_RECIPES: dict[str, tuple[str, ...]] = {
+    "simclr": ("simclr", "simclr"),
+    "simclr-small": ("simclr-small", "simclr-small"),
+    "byol": ("byol-view1", "byol-view2"),
+    "byol-small": ("byol-small-view1", "byol-small-view2"),
+}
+
+
+def view_specs(recipe: str) -> tuple[str, ...]:
+    """The per-view augmentation presets of a self-supervised ``recipe`` (see
+    :data:`VIEW_RECIPES`), e.g. ``view_specs("byol") == ("byol-view1", "byol-view2")``; pass
+    them as ``BatchLoader(..., view_augments=view_specs(recipe))``."""
+    if recipe not in VIEW_RECIPES:
+        raise HundredError(
+            f"unknown self-supervised augmentation recipe {recipe!r}; "
+            f"recipes: {', '.join(VIEW_RECIPES)}"
+        )
+    return VIEW_RECIPES[recipe]
 
 _OPS: dict[str, type[Op]] = {
     "crop": RandomCrop,
@@ -505,6 +716,9 @@ _OPS: dict[str, type[Op]] = {
     "jitter": ColorJitter,
     "resize": Resize,
     "center-crop": CenterCrop,
+    "grayscale": RandomGrayscale,
+    "blur": RandomGaussianBlur,
+    "solarize": RandomSolarize,
 }
 _SIZED = (RandomCrop, RandomResizedCrop, Resize, CenterCrop)
 
@@ -523,9 +737,11 @@ def build_augment(
 ) -> Augment:
     """An :class:`Augment` from a preset name, a list of steps, or an existing pipeline.
 
-    ``spec`` is a preset (``none``, ``flip``, ``crop-flip``, ``rrc-flip``, ``rrc-flip-jitter``)
-    or a list whose items are step names or dicts ``{"op": name, **arguments}`` with names
-    ``crop``, ``flip``, ``rrc``, ``jitter``, ``resize``, ``center-crop``; sized steps default to
+    ``spec`` is a preset (``none``, ``flip``, ``crop-flip``, ``rrc-flip``, ``rrc-flip-jitter``,
+    and the self-supervised ``simclr``, ``simclr-small``, ``byol-view1``, ``byol-view2``,
+    ``byol-small-view1``, ``byol-small-view2``) or a list whose items are step names or dicts
+    ``{"op": name, **arguments}`` with names ``crop``, ``flip``, ``rrc``, ``jitter``,
+    ``grayscale``, ``blur``, ``solarize``, ``resize``, ``center-crop``; sized steps default to
     ``out_size``. With ``train=False`` the spec is ignored and the evaluation view is built
     (see :class:`EvalFit`): the same model input size, no randomness.
     """
@@ -552,7 +768,7 @@ def _build_op(step: str | dict[str, Any], size: Size) -> Op:
     cls = _OPS[name]
     if issubclass(cls, _SIZED):
         options.setdefault("size", size)
-    for key in ("size", "scale", "ratio"):  # YAML gives lists
+    for key in ("size", "scale", "ratio", "sigma"):  # YAML gives lists
         if isinstance(options.get(key), list):
             options[key] = tuple(options[key])
     try:
@@ -564,7 +780,9 @@ def _build_op(step: str | dict[str, Any], size: Size) -> Op:
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "LUMA_WEIGHTS",
     "PRESETS",
+    "VIEW_RECIPES",
     "Augment",
     "CenterCrop",
     "ColorJitter",
@@ -572,9 +790,16 @@ __all__ = [
     "Op",
     "RandomCrop",
     "RandomFlip",
+    "RandomGaussianBlur",
+    "RandomGrayscale",
     "RandomResizedCrop",
+    "RandomSolarize",
     "Resize",
+    "blur_kernel_size",
     "build_augment",
+    "gaussian_kernels",
     "resized_crop",
+    "separable_filter",
     "to_nchw",
+    "view_specs",
 ]

@@ -1,4 +1,4 @@
-"""Class subsets and data identity.
+"""Class subsets, label-fraction subsets and data identity.
 
 Why: the tune-then-evaluate protocol (Cha & Cho, "Hyperparameters in Continual Learning: a
 Reality Check", TMLR 2025) tunes on one dataset and evaluates on another with the same
@@ -6,12 +6,17 @@ scenario; one way to get two is to split one source into class-disjoint halves (
 classes 0-49 vs 50-99 in the paper). :func:`select_classes` makes such a half a dataset of
 its own, and :func:`fingerprint` gives every loaded dataset an identity that runs record, so
 "the evaluation never saw the tuning data" can be checked rather than trusted.
+
+:func:`label_fraction_indices` is the semi-supervised protocol's labelled subset (e.g. the 1%
+and 10% ImageNet subsets of SimCLR, Chen et al., ICML 2020): the same share of every class,
+drawn once from a seed of its own, so that runs of several seeds train on the same images.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 
 import numpy as np
 
@@ -48,6 +53,29 @@ def select_classes(dataset: Dataset, classes: list[int], label: str) -> Dataset:
     info = {**dataset.info, "class_selection": label, "parent": dataset.name}
     return Dataset(f"{dataset.name}[{label}]", [dataset.class_ids[c] for c in kept],
                    [dataset.class_names[c] for c in kept], splits, dataset.skipped, info)
+
+
+def label_fraction_indices(labels: np.ndarray, fraction: float, seed: int = 0) -> np.ndarray:
+    """Sorted int64 indices of a class-balanced ``fraction`` of the samples with ``labels``.
+
+    Each class ``c`` with ``n_c`` samples keeps ``round(fraction * n_c)`` of them (halves
+    rounded up), at least one and at most ``n_c``, chosen by a permutation drawn from a
+    generator seeded with ``(seed, c)``. So the subset depends only on the labels, the
+    fraction and ``seed`` (never on the run seed); a class's choice does not depend on the
+    other classes; and for one seed a smaller fraction is a subset of a larger one. Fraction
+    1 keeps every sample.
+    """
+    if not 0 < fraction <= 1:
+        raise HundredError(f"label fraction must lie in (0, 1], got {fraction}")
+    labels = np.asarray(labels)
+    classes, sizes = np.unique(labels, return_counts=True)
+    by_class = np.split(np.argsort(labels, kind="stable"), np.cumsum(sizes)[:-1])
+    kept = [np.zeros(0, dtype=np.int64)]
+    for label, members in zip(classes.tolist(), by_class):  # members: ascending indices
+        count = min(len(members), max(1, math.floor(fraction * len(members) + 0.5)))
+        order = np.random.default_rng([seed, label]).permutation(len(members))
+        kept.append(members[order[:count]])
+    return np.sort(np.concatenate(kept)).astype(np.int64)
 
 
 def fingerprint(dataset: Dataset) -> str:

@@ -23,6 +23,7 @@ from rich.table import Table
 from hundred.config import RunConfig, build_config, dump_yaml, result_settings
 from hundred.data import Dataset, fingerprint, load_selection
 from hundred.data.loader import BatchLoader
+from hundred.data.subset import label_fraction_indices
 from hundred.engine.allocator import keep_freed_memory
 from hundred.engine.distributed import DistInfo, barrier, init_distributed, shutdown
 from hundred.engine.rundir import FAILED, environment, mark_failed, new_run_dir
@@ -148,15 +149,33 @@ def train_loader(ctx: RunContext, dataset: Dataset, indices: np.ndarray | None =
     """Shuffled, augmented batches of the train split (this rank's shard under DDP); with
     ``views`` > 1, each batch holds that many independently augmented views of its images.
     ``loader_class`` (a :class:`BatchLoader` subclass) and its own ``loader_options`` let a
-    method yield something else per batch (e.g. stored views and soft targets)."""
+    method yield something else per batch (e.g. stored views and soft targets).
+
+    With ``data.label_fraction`` < 1 only that class-balanced subset of the train split
+    (:func:`~hundred.data.subset.label_fraction_indices`) is used; the caller's ``indices``
+    (e.g. a task's classes) keep their order and keep only the samples in the subset."""
     config = ctx.config
+    # per-view recipes (``view_augments``, e.g. the ssl track's) replace data.augment
+    augment = None if loader_options.get("view_augments") else config.data.augment
     if config.data.batch_size % ctx.dist.world_size:
         raise HundredError(f"data.batch_size={config.data.batch_size} must divide evenly over "
                            f"{ctx.dist.world_size} processes")
-    return loader_class(dataset.arrays("train"),
+    train = dataset.arrays("train")
+    if config.data.label_fraction < 1:
+        subset = label_fraction_indices(train.labels, config.data.label_fraction,
+                                        config.data.label_fraction_seed)
+        ctx.console.print(f"data.label_fraction={config.data.label_fraction}: training on "
+                          f"{len(subset)} of {len(train)} images", highlight=False)
+        if indices is None:
+            indices = subset
+        else:
+            indices = np.asarray(indices, dtype=np.int64)
+            indices = indices[np.isin(indices, subset)]
+    return loader_class(train,
                         batch_size=config.data.batch_size // ctx.dist.world_size,
                         shuffle=True, drop_last=True, seed=config.seed + seed_offset, views=views,
-                        device=ctx.device, augment=config.data.augment,
+                        device=ctx.device,
+                        augment=augment,
                         out_size=config.data.image_size, mean=config.data.mean,
                         std=config.data.std, indices=indices,
                         rank=ctx.dist.rank, world_size=ctx.dist.world_size,

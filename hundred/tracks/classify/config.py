@@ -1,5 +1,6 @@
 """The ``classify:`` section of a run config: what a classification run needs beyond the
-shared settings (today: the teacher of the distillation methods)."""
+shared settings: the teacher of the distillation methods, and the finished run whose backbone
+a run starts from (fine-tuning, linear evaluation)."""
 
 from __future__ import annotations
 
@@ -19,3 +20,10 @@ class ClassifyConfig(StrictModel):
     teacher_model: str = Field(
         "resnet56", description="the architecture of the ERM teacher that `hundred check` "
         "trains on each phase's data for the distillation methods (when no teacher is given)")
+    init: Optional[str] = Field(
+        None, description="start from the backbone of this finished run directory (RUN_DIR, "
+        "e.g. a self-supervised pre-training; same model.name and model.options) with a new "
+        "head for this data's classes; None = random initialisation")
+    freeze_backbone: bool = Field(
+        False, description="train only the head (linear evaluation): the backbone gets no "
+        "gradient and runs in eval mode (its normalisation statistics stay as they are)")

@@ -5,7 +5,6 @@ data's, its files must exist and load (safetensors, or a state dict read with
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
@@ -13,7 +12,7 @@ from safetensors.torch import load as load_safetensors
 from torch import nn
 
 from hundred.config import build_config
-from hundred.engine.checkpoint import load_checkpoint, strip_prefix
+from hundred.engine.init import load_finished_run
 from hundred.errors import HundredError
 from hundred.models import create
 
@@ -46,35 +45,23 @@ def teacher_label(spec: str) -> str:
 
 def _run_teacher(run_dir: Path, num_classes: int, data_name: str, image_size: int
                  ) -> nn.Module:
-    """A finished run: its architecture from ``config.yaml``, its weights (the EMA weights
-    when the run kept an EMA, since those were evaluated) from its newest checkpoint."""
-    if not run_dir.is_dir():
-        raise HundredError(f"teacher {run_dir} does not exist (give a finished run directory "
-                           "or timm:NAME:PATH)")
-    summary_path = run_dir / "summary.json"
-    if not (run_dir / "config.yaml").is_file() or not summary_path.is_file():
-        raise HundredError(f"teacher {run_dir} is not a finished run (it needs config.yaml and "
-                           "summary.json)")
-    config = build_config([run_dir / "config.yaml"])
+    """A finished run (:func:`~hundred.engine.init.load_finished_run`): its architecture from
+    ``config.yaml``, the weights it evaluated (the EMA's when it kept one) from its newest
+    checkpoint."""
+    found = load_finished_run(run_dir, "teacher", " or timm:NAME:PATH")
     try:
-        summary = json.loads(summary_path.read_text())
-        teacher_classes, teacher_data = int(summary["classes"]), str(summary["data"])
+        teacher_classes, teacher_data = int(found.summary["classes"]), str(found.summary["data"])
     except (ValueError, KeyError, TypeError) as error:
-        raise HundredError(f"teacher {summary_path} is unreadable ({error})") from None
+        raise HundredError(f"teacher {run_dir / 'summary.json'} is unreadable ({error})"
+                           ) from None
     if teacher_classes != num_classes:
         raise HundredError(f"teacher {run_dir} was trained on {teacher_data} "
                            f"({teacher_classes} classes); the data {data_name} has "
                            f"{num_classes} classes")
-    found = load_checkpoint(run_dir / "checkpoints")
-    if found is None:
-        raise HundredError(f"teacher {run_dir} has no checkpoint")
-    _, weights, _ = found
-    ema = strip_prefix(weights, "ema.")
-    model_weights = ema or {k: v for k, v in weights.items()
-                            if not k.startswith(("ema.", "method."))}
-    teacher = create(config.model.name, teacher_classes, head=config.model.head,
-                     img_size=image_size, **config.model.options)
-    _load(teacher, model_weights, str(run_dir))
+    model = found.config.model
+    teacher = create(model.name, teacher_classes, head=model.head, img_size=image_size,
+                     **model.options)
+    _load(teacher, found.weights, str(run_dir))
     return teacher
 
 

@@ -1,0 +1,1 @@
+"""Methods of the ssl track, one file each."""
