@@ -8,10 +8,15 @@ of :mod:`hundred.protocol.space`) and how many augmented views of each image it 
 
 * ``setup(model, ctx)`` — once before training: build the method's own modules (a
   projector, an auxiliary head, a teacher, masks) with :meth:`Method.add_trainable` (they
-  join the optimiser and the checkpoint) or :meth:`Method.add_frozen` (they join neither);
+  join the optimiser and the checkpoint), :meth:`Method.add_state` (the checkpoint only: a
+  momentum encoder, a queue of keys, which the method updates itself) or
+  :meth:`Method.add_frozen` (neither);
 * ``loss(model, images, labels)`` — the training loss for one batch (required);
 * ``on_epoch_start(epoch)`` / ``on_epoch_end(epoch)``;
 * ``after_optimizer_step(model)`` — e.g. weight clipping;
+* ``epoch_log(epoch)`` — values of the method's own (JSON-able: numbers, lists, mappings)
+  that the trainer adds to the epoch's record in ``metrics.jsonl`` (e.g. histograms of
+  contrastive scores, which a track's report may draw: ``ReportSpec.histograms``);
 * ``state_dict()`` / ``load_state_dict()`` — anything beyond the modules that resume needs.
 """
 
@@ -65,7 +70,11 @@ class Method(ABC):
     the device, optimises them with the model, averages their gradients under DDP, and saves
     and restores them in every checkpoint (``method.<name>.*`` keys). ``self.frozen`` holds
     modules that are used but never trained (a teacher): on the device, in eval mode, without
-    gradients, in neither the optimiser nor the checkpoint.
+    gradients, in neither the optimiser nor the checkpoint. ``self.stateful`` holds modules
+    whose weights and buffers the method updates itself, without gradients (a momentum
+    encoder, a queue of negatives): on the device, in the model's train/eval mode, saved and
+    restored with the trainable ones (``method.<name>.*``), in neither the optimiser nor DDP's
+    gradient averaging.
     """
 
     track: ClassVar[str] = ""
@@ -88,11 +97,32 @@ class Method(ABC):
             raise HundredError(f"{self.track}/{self.name}: {problems}") from None
         self.trainable = nn.ModuleDict()
         self.frozen = nn.ModuleDict()
+        self.stateful = nn.ModuleDict()
 
     def add_trainable(self, name: str, module: nn.Module) -> nn.Module:
         """Register ``module`` (e.g. a projector) to be trained and checkpointed with the model."""
+        self._check_unique(name, self.stateful, "state")
         self.trainable[name] = module
         return module
+
+    def add_state(self, name: str, module: nn.Module) -> nn.Module:
+        """Register ``module`` (e.g. a momentum encoder, a queue buffer) as state the method
+        updates itself: checkpointed and restored on resume like a trainable module, but
+        without gradients (``requires_grad`` off) and kept out of the optimiser."""
+        self._check_unique(name, self.trainable, "trainable")
+        self.stateful[name] = module.requires_grad_(False)
+        return module
+
+    def checkpointed(self) -> nn.ModuleDict:
+        """The modules a checkpoint holds under ``method.<name>.*``: trainable and stateful
+        (a view over the same module objects, so loading into it restores them)."""
+        return nn.ModuleDict({**self.trainable, **self.stateful})
+
+    @staticmethod
+    def _check_unique(name: str, other: nn.ModuleDict, kind: str) -> None:
+        """Trainable and stateful modules share the ``method.<name>.*`` checkpoint keys."""
+        if name in other:
+            raise HundredError(f"method module {name!r} is already registered as {kind}")
 
     def add_frozen(self, name: str, module: nn.Module) -> nn.Module:
         """Register ``module`` (e.g. a teacher) as used but never trained: it is put in eval
@@ -118,6 +148,13 @@ class Method(ABC):
 
     def after_optimizer_step(self, model: nn.Module) -> None:
         """Called after every optimiser step (e.g. to clip or project weights)."""
+
+    def epoch_log(self, epoch: int) -> dict[str, Any]:
+        """Extra entries of ``epoch``'s record in ``metrics.jsonl`` (JSON-able values; keys
+        must not clash with the trainer's own: ``epoch``, ``lr``, ``train_loss``, ``val_*``...).
+        Called on every rank after :meth:`on_epoch_end` (so a method may all-reduce here);
+        rank 0's return value is written. Default: nothing."""
+        return {}
 
     def state_dict(self) -> dict[str, Any]:
         """Tensors and plain values beyond the modules that resume needs (default: none)."""

@@ -134,6 +134,7 @@ class Trainer:
         # the method builds its own modules now, so that they join the optimiser below
         method.setup(model, SetupContext(config, device, len(train_loader), config.train.epochs))
         method.trainable.to(device)
+        method.stateful.to(device)
         method.frozen.to(device)
         self.optimizer = build_optimizer([model, method.trainable], config.optim)
         self.base_lrs = [group["lr"] for group in self.optimizer.param_groups]
@@ -155,12 +156,13 @@ class Trainer:
         return None if self.run_dir is None else self.run_dir / "checkpoints"
 
     def _weights(self) -> dict[str, torch.Tensor]:
-        """Model weights, EMA weights (``ema.*``) and the method's trainable modules
-        (``method.*``); frozen modules (teachers) are not the run's to save."""
+        """Model weights, EMA weights (``ema.*``) and the method's trainable and stateful
+        modules (``method.*``); frozen modules (teachers) are not the run's to save."""
         weights = dict(self.model.state_dict())
         if self.ema is not None:
             weights.update({f"ema.{k}": v for k, v in self.ema.module.state_dict().items()})
-        weights.update({f"method.{k}": v for k, v in self.method.trainable.state_dict().items()})
+        weights.update({f"method.{k}": v
+                        for k, v in self.method.checkpointed().state_dict().items()})
         return weights
 
     def _save(self, epoch: int) -> None:
@@ -189,7 +191,7 @@ class Trainer:
                                         if not k.startswith(("ema.", "method."))})
             if self.ema is not None:
                 self.ema.module.load_state_dict(strip_prefix(weights, "ema."))
-            self.method.trainable.load_state_dict(strip_prefix(weights, "method."))
+            self.method.checkpointed().load_state_dict(strip_prefix(weights, "method."))
             self.optimizer.load_state_dict(state["optimizer"])
             self.method.load_state_dict(state["method"])
         except (RuntimeError, ValueError, KeyError, TypeError) as error:
@@ -276,6 +278,7 @@ class Trainer:
                 self.train_loader.set_epoch(epoch)
                 self.model.train()
                 self.method.trainable.train()
+                self.method.stateful.train()
                 progress.reset(task, total=steps_per_epoch, epoch=f"{epoch + 1}/{epochs}",
                                rate=0.0, loss="-")
                 loss_sum = torch.zeros((), device=self.device)
@@ -304,6 +307,12 @@ class Trainer:
                     "images_per_s": round(epoch_images * self.dist.world_size / seconds, 1)}
                 if (epoch + 1) % config.train.eval_every == 0 or epoch + 1 == epochs:
                     record.update({f"val_{k}": v for k, v in self.evaluate().items()})
+                logged = self.method.epoch_log(epoch)  # every rank: the method may all-reduce
+                clash = sorted(set(logged) & set(record))
+                if clash:
+                    raise HundredError(f"{self.method.track}/{self.method.name}.epoch_log "
+                                       f"returns {', '.join(clash)}, which the trainer writes")
+                record.update(logged)
                 result.history.append(record)
                 self._log_epoch(record)
                 if self.run_dir is not None and self.dist.is_main:

@@ -267,3 +267,97 @@ def test_registered_test_methods_are_found_and_removed_afterwards():
 
     assert get_method("classify", "test_projector") is Projector
     assert Projector.track == "classify" and Projector.name == "test_projector"
+
+
+class Tracker(ClassifyMethod):
+    """Cross-entropy plus a term pulling a trainable projector of the logits towards a
+    *stateful* copy of it (``add_state``) that follows it by an average after every step and
+    counts the steps in a buffer, as a momentum encoder and a queue do."""
+
+    def __init__(self, params=None, config=None):
+        super().__init__(params, config)
+        self.modes: list[bool] = []
+        self.die_at_epoch: int | None = None
+
+    def setup(self, model, ctx):
+        if "projector" not in self.trainable:
+            self.add_trainable("projector", nn.Linear(CLASSES, 4))
+            average = copy.deepcopy(self.trainable["projector"])
+            average.register_buffer("updates", torch.zeros((), dtype=torch.long))
+            self.add_state("average", average)
+
+    def on_epoch_start(self, epoch):
+        if epoch == self.die_at_epoch:
+            raise Killed
+
+    def loss(self, model, images, labels):
+        self.modes.append(self.stateful["average"].training)
+        logits = model(images)
+        pull = F.mse_loss(self.trainable["projector"](logits), self.stateful["average"](logits))
+        return F.cross_entropy(logits, labels) + 0.1 * pull
+
+    @torch.no_grad()
+    def after_optimizer_step(self, model):
+        average, projector = self.stateful["average"], self.trainable["projector"]
+        for mine, theirs in zip(average.parameters(), projector.parameters()):
+            mine.mul_(0.5).add_(theirs, alpha=0.5)
+        average.updates += 1
+
+
+NAMES["test_tracker"] = Tracker
+
+
+def test_state_modules_are_checkpointed_restored_and_not_optimised(tmp_path):
+    from hundred.errors import HundredError
+
+    # (a) out of the optimiser, without gradients, in train mode during training
+    config = tiny(tmp_path, "test_tracker")
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(32, 16, 16, 3), dtype=np.uint8)
+    labels = rng.integers(0, CLASSES, size=32).astype(np.int64)
+    loader = BatchLoader((images, labels), batch_size=16, shuffle=True, drop_last=True,
+                         augment="crop-flip", device="cpu")
+    method = Tracker(config.method_params, config)
+    trainer = Trainer(config, create("convnet_d3", CLASSES, img_size=16), method, loader, None,
+                      torch.device("cpu"), run_dir=None)
+    optimised = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
+    average = method.stateful["average"]
+    assert not any(id(p) in optimised for p in average.parameters())
+    assert all(id(p) in optimised for p in method.trainable["projector"].parameters())
+    assert not any(p.requires_grad for p in average.parameters())
+    before = {k: v.clone() for k, v in average.state_dict().items()}
+    trainer.fit()
+    assert method.modes == [True] * (3 * STEPS_PER_EPOCH)
+    assert all(p.grad is None for p in average.parameters())
+    assert int(average.updates) == 3 * STEPS_PER_EPOCH
+    assert not torch.equal(average.weight, before["weight"])  # updated by the method itself
+    with pytest.raises(HundredError, match="already registered"):
+        method.add_trainable("average", nn.Linear(1, 1))
+    with pytest.raises(HundredError, match="already registered"):
+        method.add_state("projector", nn.Linear(1, 1))
+
+    # (b) checkpointed under method.<name>.*, restored on resume: bit-identical to a run
+    # that was never interrupted
+    reference_config = tiny(tmp_path, "test_tracker", "name=reference")
+    reference = Tracker(reference_config.method_params, reference_config)
+    TRACK.run(reference_config, method=reference)
+    weights = checkpoint_weights(tmp_path / "classify" / "test_tracker" / "reference")
+    assert {"method.average.weight", "method.average.bias", "method.average.updates"} <= \
+        weights.keys()
+    for k, v in reference.stateful["average"].state_dict().items():
+        assert torch.equal(weights[f"method.average.{k}"], v)
+
+    killed_config = tiny(tmp_path, "test_tracker", "name=killed")
+    killed = Tracker(killed_config.method_params, killed_config)
+    killed.die_at_epoch = 2
+    with pytest.raises(Killed):
+        TRACK.run(killed_config, method=killed)
+    killed_dir = tmp_path / "classify" / "test_tracker" / "killed"
+    fresh = Tracker(killed_config.method_params, killed_config)
+    TRACK.run(killed_config, resume_dir=killed_dir, method=fresh)
+    assert int(fresh.stateful["average"].updates) == 3 * STEPS_PER_EPOCH  # not 1 epoch's
+    for k, v in reference.stateful["average"].state_dict().items():
+        assert torch.equal(fresh.stateful["average"].state_dict()[k], v), k
+    resumed = checkpoint_weights(killed_dir)
+    assert resumed.keys() == weights.keys()
+    assert all(torch.equal(resumed[k], weights[k]) for k in weights)
