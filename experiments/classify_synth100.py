@@ -62,13 +62,14 @@ def run(out: Path, method: str, name: str, overrides: list[str]) -> Path:
     run_dir = out / "classify" / method / name
     if (run_dir / "summary.json").is_file():
         return run_dir
-    args = ["run", "classify", method, "--root", str(out), "--name", name]
-    if not any(o.startswith("data.source=") for o in overrides):  # the built-in data
-        args += ["--data", "synth100", "--set", f"data.options={DATA}"]
-    if (run_dir / "config.yaml").is_file():
-        args += ["--resume", str(run_dir)]
-    for override in overrides:
-        args += ["--set", override]
+    if (run_dir / "config.yaml").is_file():  # killed: continue it with its stored config
+        args = ["run", "classify", method, "--resume", str(run_dir)]
+    else:
+        args = ["run", "classify", method, "--root", str(out), "--name", name]
+        if not any(o.startswith("data.source=") for o in overrides):  # the built-in data
+            args += ["--data", "synth100", "--set", f"data.options={DATA}"]
+        for override in overrides:
+            args += ["--set", override]
     started = time.perf_counter()
     hundred(*args)
     print(f"{name}: {time.perf_counter() - started:.0f} s", flush=True)
@@ -102,14 +103,14 @@ def main() -> None:
     parser.add_argument("--teacher-epochs", type=int, default=20)
     parser.add_argument("--dr-samples", type=int, default=10,
                         help="views stored per image for Dataset Reinforcement")
-    parser.add_argument("--only", help="comma-separated row labels to run (default: all)")
+    parser.add_argument("--only", help="row labels to run, separated by ; (default: all)")
     args = parser.parse_args()
     out = Path(args.out)
     common = [c.format(epochs=args.epochs) for c in COMMON]
     teacher = run(out, "erm", "teacher-resnet56",
                   ["model.name=resnet56", *common[:-2], f"train.epochs={args.teacher_epochs}",
                    "quiet=true"])
-    rows = ROWS if not args.only else {k: ROWS[k] for k in args.only.split(",")}
+    rows = ROWS if not args.only else {k: ROWS[k] for k in args.only.split(";")}
     results: dict[str, dict[str, list[float]]] = {}
     for label, (method, extra) in rows.items():
         for seed in range(args.seeds):

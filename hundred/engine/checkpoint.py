@@ -1,9 +1,9 @@
 """Atomic checkpoints: weights as safetensors, the rest as a tensors-only state file.
 
 A checkpoint for epoch ``k`` is two files, ``epoch-k.safetensors`` (model weights, EMA
-weights under an ``ema.`` prefix, the method's trainable modules under ``method.``) and
-``epoch-k.state.pt`` (optimiser, method and RNG state,
-loader position), each written atomically; then ``latest.json`` is atomically pointed at
+weights under an ``ema.`` prefix, the method's trainable and stateful modules under
+``method.``) and ``epoch-k.state.pt`` (optimiser, method and RNG state, loader position),
+each written atomically; then ``latest.json`` is atomically pointed at
 them. A kill at any moment leaves the previous ``latest.json`` valid. State files are read
 with ``torch.load(weights_only=True)``: no pickled code ever runs.
 """

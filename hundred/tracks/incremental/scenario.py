@@ -11,7 +11,7 @@ Conventions (Rebuffi et al., iCaRL, CVPR 2017; Hou et al., UCIR, CVPR 2019):
 * every task trains a fresh optimiser for ``train.epochs`` epochs through the shared engine.
 
 Every task boundary is a checkpoint (``tasks/task-XX/``: ``done.json``, ``final.safetensors``
-with the model and the method's trainable modules, ``method.state.pt``), and each task's
+with the model and the method's trainable and stateful modules, ``method.state.pt``), and each task's
 epochs are checkpointed by the engine, so a killed run resumes at the task and epoch where it
 stopped and ends with the same result.
 """
@@ -276,7 +276,7 @@ class IncrementalRun:
         trainer = Trainer(task_config(self.config, task), model, method, loader, None,
                           ctx.device, task_dir, ctx.dist, ctx.console)
         if self.restored_method_weights is not None:
-            method.trainable.load_state_dict(self.restored_method_weights)
+            method.checkpointed().load_state_dict(self.restored_method_weights)
             self.restored_method_weights = None
         trainer.resume()
         trainer.fit()
@@ -288,7 +288,7 @@ class IncrementalRun:
                   "memory": self.memory.state_dict()}
         if ctx.dist.is_main:
             weights = {**model.state_dict(),
-                       **{f"method.{k}": v for k, v in method.trainable.state_dict().items()}}
+                       **{f"method.{k}": v for k, v in method.checkpointed().state_dict().items()}}
             with atomic_open(task_dir / "final.safetensors", "wb") as handle:
                 handle.write(save_safetensors({k: v.detach().cpu().contiguous()
                                                for k, v in weights.items()}))
