@@ -10,7 +10,8 @@ A track is one folder, ``hundred/tracks/<name>/`` (or any package named in the
 * ``runner`` — ``run(config, method, resume_dir) -> summary``: the scenario that drives the
   phases and calls the method's hooks (``"module:function"``);
 * ``report`` — the metrics (the first is the primary one: what a leaderboard ranks by and
-  what ``hundred tune`` optimises), the columns and the per-step plots of its reports;
+  what ``hundred tune`` optimises), the columns, the per-step plots and the per-epoch
+  histograms of its reports;
 * ``shortcuts`` — CLI flags for its section (``--scenario`` -> ``<track>.scenario``);
 * what the tune-then-evaluate protocol needs: the config path naming the scenario, the keys
   held fixed between tuning and evaluation, the default methods of ``hundred check``, and
@@ -76,6 +77,26 @@ class StepSeries:
 
 
 @dataclass(frozen=True)
+class EpochHistogram:
+    """Per-epoch histograms that a track's methods log in ``metrics.jsonl`` (through
+    ``Method.epoch_log``), which reports draw for each row: the run of its first seed, at its
+    first, middle and last logged epochs, one panel per epoch.
+
+    ``key`` is the record key. Its value is ``{"range": [low, high], "counts": {series:
+    [n_1, ..., n_B]}}``: B equal-width bins over ``[low, high]``, one list of counts per
+    series (e.g. ``positive`` and ``negative`` pair scores); each series is drawn as the
+    fraction of its pairs per bin. ``label`` is the x-axis label, ``title`` the figure's
+    title and caption, ``name`` the stem of its file names. Runs without the key (methods
+    that log no such histogram) get no figure.
+    """
+
+    key: str
+    label: str
+    title: str
+    name: str = "histogram"
+
+
+@dataclass(frozen=True)
 class ReportSpec:
     """What reports need from a track's summaries and which columns its tables show.
 
@@ -85,7 +106,8 @@ class ReportSpec:
     ``terminal_hidden`` column labels are left out of terminal tables (the report files keep
     them). ``descriptors`` are summary keys of the track's own that tell runs apart like the
     model does (incremental: the exemplar ``memory``; classify: the ``teacher``): they split
-    rows and get a column when rows differ in them. ``steps`` declares per-step series.
+    rows and get a column when rows differ in them. ``steps`` declares per-step series,
+    ``histograms`` per-epoch histograms of the runs' ``metrics.jsonl`` (:class:`EpochHistogram`).
     """
 
     metrics: tuple[Metric, ...]
@@ -94,6 +116,7 @@ class ReportSpec:
     descriptors: tuple[str, ...] = ()
     terminal_hidden: tuple[str, ...] = ()
     steps: StepSeries | None = None
+    histograms: tuple[EpochHistogram, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.metrics:

@@ -1,5 +1,6 @@
 """Reports a researcher puts in a paper: leaderboards (mean ± std over seeds, with the
-protocol that produced them), per-step curves and matrices, as Markdown, HTML and PNG.
+protocol that produced them), per-step curves and matrices, per-epoch histograms of a run's
+logged values, as Markdown, HTML and PNG.
 
 Typical use::
 

@@ -54,7 +54,8 @@ def write_report(paths: Iterable[str | os.PathLike], out: str | os.PathLike | No
 
     ``out`` defaults to a fresh ``reports/<timestamp>/`` in the current directory. Writes
     ``report.md`` (tables and figure links), ``index.html`` (self-contained page) and, for
-    tracks with per-step results, a curve and matrices as PNG (``Track.report.steps``). Bad
+    tracks with per-step results, a curve and matrices as PNG (``Track.report.steps``), for
+    tracks with per-epoch histograms one figure per row (``Track.report.histograms``). Bad
     paths raise HundredError. Every warning — malformed summaries skipped, seeds repeated,
     settings unknown, figures that could not be drawn — goes to ``warn`` and into the
     Warnings section of both report files.

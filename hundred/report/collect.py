@@ -12,6 +12,7 @@ import json
 import math
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -23,6 +24,7 @@ from hundred.track import ACCURACY_REPORT, ReportSpec, StepSeries
 
 SUMMARY_NAME = "summary.json"
 CONFIG_NAME = "config.yaml"
+METRICS_NAME = "metrics.jsonl"  # the trainer's per-epoch records
 # config keys that never change results (the settings digest ignores them too)
 CONFIG_IGNORED = RESULT_NEUTRAL_KEYS
 DEFAULT_PROTOCOL = "conventional"
@@ -245,3 +247,63 @@ def common_root(runs: Sequence[dict[str, Any]]) -> str:
         return os.path.commonpath(dirs)
     except ValueError:  # different drives on Windows
         return ""
+
+
+def load_epoch_records(run: dict[str, Any]) -> list[dict[str, Any]]:
+    """The per-epoch records of the ``metrics.jsonl`` next to a run's summary (one JSON
+    object a line, as the trainer writes them); [] when there is none. Lines that are not
+    JSON objects (a line cut short by a crash) are skipped."""
+    path = run.get("summary_path")
+    if not path:
+        return []
+    try:
+        lines = (Path(path).parent / METRICS_NAME).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError):
+        return []
+    records = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
+@dataclass(frozen=True)
+class Histogram:
+    """One logged histogram (see :class:`~hundred.track.EpochHistogram`): equal-width bins
+    over ``[low, high]`` and the counts of each series, all of the same length."""
+
+    low: float
+    high: float
+    counts: dict[str, list[float]]
+
+    @property
+    def bins(self) -> int:
+        return len(next(iter(self.counts.values())))
+
+
+def parse_histogram(value: Any) -> Histogram | None:
+    """``{"range": [low, high], "counts": {series: [n, ...]}}`` as a :class:`Histogram`; None
+    when ``value`` is not one (a range that is not two increasing finite numbers, no series,
+    series of different lengths, or counts that are not finite non-negative numbers)."""
+    if not isinstance(value, dict):
+        return None
+    bounds = value.get("range")
+    counts = value.get("counts")
+    if not isinstance(bounds, list) or len(bounds) != 2 or not isinstance(counts, dict):
+        return None
+    low, high = (finite_number(b) for b in bounds)
+    if low is None or high is None or not low < high or not counts:
+        return None
+    series: dict[str, list[float]] = {}
+    for name, values in counts.items():
+        numbers = _numbers(values, allow_null=False)
+        if not numbers or any(n is None or n < 0 for n in numbers):
+            return None
+        series[str(name)] = [float(n) for n in numbers if n is not None]
+    if len({len(v) for v in series.values()}) != 1:
+        return None
+    return Histogram(low, high, series)

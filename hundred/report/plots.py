@@ -1,5 +1,7 @@
 """PNG figures for leaderboards of tracks with per-step results (``ReportSpec.steps``): a
-curve over the steps with a ± std band, and a heatmap of the step x step matrix per row.
+curve over the steps with a ± std band, and a heatmap of the step x step matrix per row; and
+for tracks that declare per-epoch histograms (``ReportSpec.histograms``), one figure per row
+of the histograms its first seed's run logged at its first, middle and last epochs.
 
 Figures are drawn on a bare :class:`~matplotlib.figure.Figure` with an explicit Agg canvas
 instead of through ``pyplot``: no global backend is switched (a notebook that imports
@@ -21,9 +23,10 @@ from matplotlib.ticker import MaxNLocator
 
 from hundred.io import atomic_open
 from hundred.report.aggregate import GroupRow, curve, mean_matrix, settings_labels
-from hundred.report.collect import Warn, print_warning
+from hundred.report.collect import (Histogram, Warn, load_epoch_records, parse_histogram,
+                                    print_warning)
 from hundred.report.tables import Table
-from hundred.track import StepSeries
+from hundred.track import EpochHistogram, StepSeries
 
 DPI = 150
 MAX_ANNOTATED_TASKS = 20  # beyond this, numbers in the heatmap cells become unreadable
@@ -190,16 +193,89 @@ def step_matrix(row: GroupRow, steps: StepSeries, path: Path, label: str | None 
     return _save(figure, path)
 
 
+def shown_epochs(epochs: Sequence[int]) -> list[int]:
+    """The first, middle and last of the sorted ``epochs`` (fewer when they coincide)."""
+    ordered = sorted(set(epochs))
+    if not ordered:
+        return []
+    return sorted({ordered[0], ordered[(len(ordered) - 1) // 2], ordered[-1]})
+
+
+def epoch_histograms(row: GroupRow, rows: Sequence[GroupRow], spec: EpochHistogram, path: Path,
+                     warn: Warn = print_warning) -> Plot | None:
+    """The histograms ``spec.key`` that the run of the row's first seed logged in its
+    ``metrics.jsonl``, at its first, middle and last logged epochs (one panel each): every
+    series as the fraction of its counts per bin, on shared axes so the epochs compare.
+    None when the run logged none (the method keeps no such histogram)."""
+    run = row.runs[0]
+    logged = [record for record in load_epoch_records(run) if spec.key in record]
+    if not logged:
+        return None
+    found: dict[int, Histogram] = {}
+    for record in logged:
+        epoch, histogram = record.get("epoch"), parse_histogram(record[spec.key])
+        if isinstance(epoch, int) and not isinstance(epoch, bool) and histogram is not None:
+            found[epoch] = histogram  # a resumed run rewrote its later epochs: keep the last
+    if not found:
+        warn(f"no {spec.key} histogram drawn for {_where(row, rows)}: the records of its "
+             f"seed-{run['seed']} run hold no well-formed histogram")
+        return None
+    epochs = shown_epochs(list(found))
+    label = row_label(row, rows)
+    figure = Figure(figsize=(0.4 + 3.9 * len(epochs), 3.9), layout="constrained")
+    axes = figure.subplots(1, len(epochs), sharex=True, sharey=True, squeeze=False)[0]
+    for ax, epoch in zip(axes, epochs):
+        histogram = found[epoch]
+        edges = np.linspace(histogram.low, histogram.high, histogram.bins + 1)
+        for index, (name, counts) in enumerate(histogram.counts.items()):
+            values = np.asarray(counts, dtype=float)
+            total = values.sum()
+            fraction = values / total if total > 0 else values
+            colour = f"C{index % 10}"
+            ax.stairs(fraction, edges, fill=True, alpha=0.22, color=colour)
+            ax.stairs(fraction, edges, color=colour, linewidth=1.5,
+                      label=f"{name} (n={total:.0f})")
+        ax.set_title(f"epoch {epoch}", fontsize=10)
+        ax.set_xlabel(spec.label)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left", framealpha=0.9)
+    axes[0].set_ylabel("fraction of the series per bin")
+    figure.suptitle(f"{label}: {spec.title}\n{_setting(row)}, seed {run['seed']}", fontsize=11)
+    shown = ", ".join(map(str, epochs))
+    caption = (f"{spec.title[:1].upper()}{spec.title[1:]} of {label} (seed {run['seed']}), at "
+               f"epoch{'s' * (len(epochs) != 1)} {shown}: the fraction of each series per bin.")
+    return Plot(_save(figure, path), caption)
+
+
 def plot_table(table: Table, out: Path, taken: set[str], warn: Warn = print_warning) -> list[Plot]:
     """The figures of one leaderboard: its track's per-step curve and matrices (none for a
-    track without per-step results).
+    track without per-step results), then per row the per-epoch histograms its track
+    declares (none for a track without, or for rows whose runs logged none).
 
     ``taken`` holds the file names already used in ``out`` so sanitised names never collide."""
     rows = table.rows
+    group = slug(f"{rows[0].data}_{rows[0].scenario}" if rows[0].scenario else rows[0].data)
+    plots = _step_plots(rows, group, out, taken, warn)
+    for row in rows:
+        for spec in row.spec.histograms:
+            label = row_label(row, rows)
+            name = f"{spec.name}_{group}_{slug(label)}"
+            stem, suffix = name, 2
+            while f"{stem}.png" in taken:  # claim a name only for a figure that is drawn
+                stem, suffix = f"{name}-{suffix}", suffix + 1
+            plot = epoch_histograms(row, rows, spec, out / f"{stem}.png", warn)
+            if plot is not None:
+                taken.add(plot.path.name)
+                plots.append(plot)
+    return plots
+
+
+def _step_plots(rows: Sequence[GroupRow], group: str, out: Path, taken: set[str],
+                warn: Warn) -> list[Plot]:
+    """The per-step curve and matrices of ``rows`` (none without ``ReportSpec.steps``)."""
     steps = rows[0].spec.steps
     if steps is None:
         return []
-    group = slug(f"{rows[0].data}_{rows[0].scenario}" if rows[0].scenario else rows[0].data)
     curve_name, matrix_name = steps.figure_names
     plots: list[Plot] = []
     path = step_curve(rows, steps, _free_name(out, f"{curve_name}_{group}", taken), warn)

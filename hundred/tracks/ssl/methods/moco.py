@@ -41,6 +41,14 @@ averaged: MoCo and BYOL average parameters only.
 Subclasses (Feature Transformation, ``moco_ft``) override :meth:`MoCo.contrastive_logits`,
 which receives the normalised queries, positive keys and the queue's negatives.
 
+Score histograms. Zhu et al.'s visualisation tool (ICCV 2021, Sec. 3) follows the
+distributions of the positive scores ``q.k+`` and the negative scores ``q.n`` (cosine
+similarities) over training. :class:`ScoreHistogram` counts them on the device in
+``score_bins`` fixed bins over [-1, 1] (``torch.histc``: no host synchronisation, a few
+elementwise passes over the ``N x K`` scores the logits already hold), and
+:meth:`MoCo.epoch_log` writes the epoch's counts into ``metrics.jsonl`` (``score_hist``,
+summed over the ranks) and resets them; the ssl track's report draws them.
+
 Defaults: MoCo v2 (tau 0.2, head 2048 -> 128), K = 65536 and m = 0.99 as on ImageNet-100
 in Zhu et al., "Improving Contrastive Learning by Visualizing Feature Transformation" (ICCV
 2021); MoCo uses m = 0.999 on ImageNet-1K. The queue should hold at least a few batches.
@@ -49,7 +57,7 @@ in Zhu et al., "Improving Contrastive Learning by Visualizing Feature Transforma
 from __future__ import annotations
 
 import copy
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -74,6 +82,9 @@ class MoCoParams(BaseModel):
     proj_output_dim: int = Field(128, ge=1, description="output width of the projection MLP")
     symmetric: bool = Field(False, description="average the loss over both view orders "
                             "(solo-learn's MoCo v2+); MoCo v2 is asymmetric")
+    score_bins: int = Field(50, ge=0, description="bins over [-1, 1] of the per-epoch "
+                            "histograms of positive and negative pair scores written to "
+                            "metrics.jsonl (Zhu et al. 2021's visualisation); 0: none")
 
 
 class ProjectedEncoder(nn.Module):
@@ -108,6 +119,50 @@ class KeyQueue(nn.Module):
         self.pointer.copy_((self.pointer + count) % size)
 
 
+class ScoreHistogram:
+    """Counts of positive and negative pair scores in ``bins`` equal bins over ``[low,
+    high]``, accumulated on ``device`` as int64 (exact). Scores outside the range count in
+    the edge bins, so the counts of a series always sum to the number of its finite scores.
+
+    ``torch.histc`` (per-block shared-memory histograms on CUDA, no host synchronisation;
+    ``bincount`` would synchronise to find its range) counts in float32, exact up to 2**24
+    per call, hence the chunks."""
+
+    CHUNK = 1 << 24
+
+    def __init__(self, bins: int, device: torch.device, low: float = -1.0, high: float = 1.0
+                 ) -> None:
+        self.bins, self.low, self.high = bins, low, high
+        self.counts = {name: torch.zeros(bins, dtype=torch.long, device=device)
+                       for name in ("positive", "negative")}
+
+    @torch.no_grad()
+    def add(self, positive: torch.Tensor, negative: torch.Tensor) -> None:
+        """Count the scores of ``positive`` and ``negative`` (any shapes)."""
+        for name, scores in (("positive", positive), ("negative", negative)):
+            values = scores.detach().float().flatten().clamp(self.low, self.high)
+            counts = self.counts[name]
+            for chunk in values.split(self.CHUNK):
+                counts += torch.histc(chunk, self.bins, self.low, self.high).long()
+
+    def pop(self) -> dict[str, Any] | None:
+        """The counts so far (summed over the ranks under DDP: call it on every rank) as
+        ``{"range": [low, high], "counts": {"positive": [...], "negative": [...]}}``, then
+        zero them; None when nothing was counted."""
+        import torch.distributed as dist
+
+        stacked = torch.stack([self.counts["positive"], self.counts["negative"]])
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(stacked)
+        for counts in self.counts.values():
+            counts.zero_()
+        if int(stacked.sum()) == 0:
+            return None
+        positive, negative = stacked.tolist()
+        return {"range": [self.low, self.high],
+                "counts": {"positive": positive, "negative": negative}}
+
+
 @register("ssl", "moco")
 class MoCo(SSLMethod):
     """InfoNCE of projected queries against a momentum key encoder's keys and a queue."""
@@ -127,19 +182,40 @@ class MoCo(SSLMethod):
             self.add_state("key_encoder", copy.deepcopy(self.query_encoder(model)))
             self.add_state("queue", KeyQueue(self.params.queue_size, self.params.proj_output_dim))
         self._pending_keys: torch.Tensor | None = None
+        self.score_histogram = (ScoreHistogram(self.params.score_bins, ctx.device)
+                                if self.params.score_bins else None)
 
     def query_encoder(self, model: nn.Module) -> ProjectedEncoder:
         """The query encoder: the model's backbone and the projector (shared modules)."""
         return ProjectedEncoder(unwrap(model).backbone, self.trainable["projector"])
 
+    @staticmethod
+    def pair_scores(queries: torch.Tensor, keys: torch.Tensor, negatives: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The positive scores ``q_i.k_i`` (``(N, 1)``) and the negative scores ``q_i.n_j``
+        (``(N, K)``) of queries and keys ``(N, D)`` and negatives ``(K, D)``."""
+        return (queries * keys).sum(dim=1, keepdim=True), queries @ negatives.t()
+
     def contrastive_logits(self, queries: torch.Tensor, keys: torch.Tensor,
                            negatives: torch.Tensor) -> torch.Tensor:
         """The InfoNCE logits ``[q.k+, q.n_1, ..., q.n_K] / tau`` (``(N, 1 + K)``, positive in
-        column 0) of L2-normalised queries and keys ``(N, D)`` and negatives ``(K, D)``.
-        The hook subclasses override to transform queries, keys or negatives."""
-        positive = (queries * keys).sum(dim=1, keepdim=True)
-        negative = queries @ negatives.t()
+        column 0) of L2-normalised queries and keys ``(N, D)`` and negatives ``(K, D)``; the
+        scores are counted into the epoch's histogram. The hook subclasses override to
+        transform queries, keys or negatives."""
+        positive, negative = self.pair_scores(queries, keys, negatives)
+        self.count_scores(positive, negative)
         return torch.cat([positive, negative], dim=1) / self.params.temperature
+
+    def count_scores(self, positive: torch.Tensor, negative: torch.Tensor) -> None:
+        """Add the cosine scores of a batch to the epoch's histogram (when enabled)."""
+        if getattr(self, "score_histogram", None) is not None:
+            self.score_histogram.add(positive, negative)
+
+    def epoch_log(self, epoch: int) -> dict[str, Any]:
+        """The epoch's score histogram (``score_hist``, see :class:`ScoreHistogram`)."""
+        histogram = getattr(self, "score_histogram", None)
+        counts = histogram.pop() if histogram is not None else None
+        return {} if counts is None else {"score_hist": counts}
 
     def info_nce(self, queries: torch.Tensor, keys: torch.Tensor, negatives: torch.Tensor
                  ) -> torch.Tensor:
