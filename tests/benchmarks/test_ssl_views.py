@@ -21,8 +21,9 @@ def ssl_views():
 
 
 def test_toy_run_reports_both_loops(ssl_views, capsys):
+    # no DataLoader worker processes inside the test suite (a dying worker hangs the suite)
     rows = ssl_views.main(["--device", "cpu", "--steps", "2", "--warmup", "1", "--batch", "8",
-                           "--cases", "resnet20@16"])
+                           "--cases", "resnet20@16", "--workers", "0"])
     assert [(row["model"], row["res"]) for row in rows] == [("resnet20", 16)]
     row = rows[0]
     assert row["reference"] > 0 and row["hundred"] > 0
