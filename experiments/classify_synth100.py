@@ -39,7 +39,12 @@ ROWS: dict[str, tuple[str, tuple[str, ...]]] = {
     "PLD": ("pld", (*STUDENT, "classify.teacher={teacher}")),
     "USKD (no teacher)": ("uskd", STUDENT),
     "DML (online, ResNet-56 peer)": ("dml", (*STUDENT, "method_params.peer=resnet56")),
-    "BD-KD (online, ResNet-56 peer)": ("bdkd", (*STUDENT, "method_params.peer=resnet56")),
+    "BD-KD (online, ResNet-56 peer, reverse-KL teacher)": (
+        "bdkd", (*STUDENT, "method_params.peer=resnet56",
+                 "method_params.teacher_divergence=reverse")),
+    "BD-KD, DML teacher term (online, ResNet-56 peer)": (
+        "bdkd", (*STUDENT, "method_params.peer=resnet56",
+                 "method_params.teacher_divergence=forward")),
     "LSSKD": ("lsskd", STUDENT),
     "multi-sample dropout": ("msdropout", STUDENT),
     "DR (stored views and labels)": ("dr", STUDENT),
