@@ -9,11 +9,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import IO, Any, Callable, Iterator
 
 import numpy as np
+
+from hundred.errors import HundredError
 
 
 def _read_umask() -> int:
@@ -84,3 +87,53 @@ def sha256_file(path: str | os.PathLike, chunk_bytes: int = 1 << 22) -> str:
         while chunk := handle.read(chunk_bytes):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def fsync_path(path: str | os.PathLike) -> None:
+    """Flush a file or directory to disk, so a crash after a rename cannot lose data."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # directories cannot be opened on some platforms; best effort
+        return
+    try:
+        with contextlib.suppress(OSError):  # not every filesystem syncs directories
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def check_replaceable(out: Path, force: bool, is_kind: Callable[[Path], bool], kind: str
+                      ) -> None:
+    """Refuse an existing ``out``; with ``force`` allow replacing only a directory that
+    ``is_kind`` recognises (or an empty one): a typo such as ``--out ~`` must never wipe a
+    home directory."""
+    if not out.exists() and not out.is_symlink():
+        return
+    if not force:
+        raise HundredError(f"{out} already exists; choose another --out or pass --force to "
+                           "replace it")
+    if not out.is_dir() or out.is_symlink() or not (is_kind(out) or not any(out.iterdir())):
+        raise HundredError(f"{out} exists and is not a {kind}; refusing to replace it even "
+                           "with --force (delete it yourself if that is what you want)")
+
+
+def publish_directory(partial: Path, out: Path, force: bool,
+                      is_kind: Callable[[Path], bool], kind: str) -> None:
+    """Rename the finished directory ``partial`` to ``out``; with ``force`` swap an old
+    ``out`` (checked by :func:`check_replaceable`) out first. Replacing is two renames: a
+    crash between them leaves the old data at ``OUT.old-<pid>`` and nothing at ``OUT`` —
+    never a mix of the two."""
+    old: Path | None = None
+    if out.exists():
+        check_replaceable(out, force, is_kind, kind)  # it may have appeared meanwhile
+        old = out.with_name(f"{out.name}.old-{os.getpid()}")
+        os.rename(out, old)
+    try:
+        os.rename(partial, out)
+    except OSError as error:
+        if old is not None:
+            os.rename(old, out)
+        raise HundredError(f"cannot move the {kind} to {out}: {error}") from None
+    fsync_path(out.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -45,7 +45,8 @@ import numpy as np
 from hundred.data import decode
 from hundred.data.dataset import ArraySplit, Dataset, FileSplit, labels_outside
 from hundred.errors import HundredError
-from hundred.io import sha256_file, write_json, write_npy
+from hundred.io import (check_replaceable, fsync_path, publish_directory, sha256_file,
+                        write_json, write_npy)
 
 FORMAT = "hundred-packed"
 FORMAT_VERSION = 1
@@ -72,20 +73,9 @@ def _check_arguments(res: Any, resize: str, workers: int | None) -> None:
 
 
 def _check_out(out: Path, force: bool) -> None:
-    """Refuse an existing ``out``; with ``force`` replace only what is safe to delete.
-
-    ``--force`` never deletes a directory that is not a packed dataset (or empty): a typo
-    such as ``--out ~`` must not wipe a home directory.
-    """
-    if not out.exists() and not out.is_symlink():
-        return
-    if not force:
-        raise HundredError(f"{out} already exists; choose another --out or pass --force to replace it")
-    if not out.is_dir() or out.is_symlink() or not (is_packed(out) or not any(out.iterdir())):
-        raise HundredError(
-            f"{out} exists and is not a packed dataset; refusing to replace it even with "
-            f"--force (delete it yourself if that is what you want)"
-        )
+    """Refuse an existing ``out``; with ``force`` replace only a packed dataset (or an empty
+    directory)."""
+    check_replaceable(out, force, is_packed, "packed dataset")
 
 
 def _check_dataset(dataset: Dataset) -> None:
@@ -238,16 +228,7 @@ def _truncate_rows(path: Path, rows: int, row_shape: tuple[int, ...]) -> None:
 
 
 def _fsync(path: Path) -> None:
-    """Flush a file or directory to disk, so a crash after the rename cannot lose data."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # directories cannot be opened on some platforms; best effort
-        return
-    try:
-        with contextlib.suppress(OSError):  # not every filesystem syncs directories
-            os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_path(path)
 
 
 # ------------------------------------------------------------------------------------ pack
@@ -456,25 +437,8 @@ def _warn_leftovers(out: Path, partial: Path) -> None:
 
 
 def _publish(partial: Path, out: Path, force: bool) -> None:
-    """Rename the finished ``partial`` to ``out``; with ``force`` swap the old one out first.
-
-    Replacing is two renames: a crash between them leaves the old data at ``OUT.old-<pid>``
-    and nothing at ``OUT`` — never a mix of the two.
-    """
-    old: Path | None = None
-    if out.exists():
-        _check_out(out, force)  # it may have appeared while we were decoding
-        old = out.with_name(f"{out.name}.old-{os.getpid()}")
-        os.rename(out, old)
-    try:
-        os.rename(partial, out)
-    except OSError as error:
-        if old is not None:
-            os.rename(old, out)
-        raise HundredError(f"cannot move the packed data to {out}: {error}") from None
-    _fsync(out.parent)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    """Rename the finished ``partial`` to ``out`` (:func:`hundred.io.publish_directory`)."""
+    publish_directory(partial, out, force, is_packed, "packed dataset")
 
 
 def _report(meta: dict[str, Any], out: Path, quiet: bool) -> None:

@@ -37,7 +37,6 @@ image and are refused.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import time
@@ -53,6 +52,7 @@ import torch.nn.functional as F
 from hundred.data.augment import Augment, Params, Resize, build_augment, to_nchw
 from hundred.data.loader import BatchLoader, LoaderBatch
 from hundred.errors import HundredError
+from hundred.io import check_replaceable, publish_directory
 
 FORMAT = "hundred-reinforced"
 FORMAT_VERSION = 1
@@ -388,15 +388,7 @@ def _is_reinforcement(path: Path) -> bool:
 
 
 def _check_out(out: Path, force: bool) -> None:
-    if not out.exists() and not out.is_symlink():
-        return
-    if not force:
-        raise HundredError(f"{out} already exists; choose another --out or pass --force to "
-                           f"replace it")
-    if not out.is_dir() or out.is_symlink() or not (_is_reinforcement(out)
-                                                    or not any(out.iterdir())):
-        raise HundredError(f"{out} exists and is not a dataset reinforcement; refusing to "
-                           f"replace it even with --force")
+    check_replaceable(out, force, _is_reinforcement, "dataset reinforcement")
 
 
 def _sample_seed(seed: int, batch: int, sample: int) -> int:
@@ -540,22 +532,7 @@ def _write_reinforcement(partial: Path, images: np.ndarray, teachers: list[torch
 
 
 def _publish(partial: Path, out: Path, force: bool) -> None:
-    """Rename the finished ``partial`` to ``out``; with ``force`` swap an old one out first
-    (a crash between the renames leaves the old data at ``OUT.old-<pid>``, never a mix)."""
-    old: Path | None = None
-    if out.exists():
-        _check_out(out, force)
-        old = out.with_name(f"{out.name}.old-{os.getpid()}")
-        os.rename(out, old)
-    try:
-        os.rename(partial, out)
-    except OSError as error:
-        if old is not None:
-            os.rename(old, out)
-        raise HundredError(f"cannot move the reinforcement to {out}: {error}") from None
-    if old is not None:
-        with contextlib.suppress(OSError):
-            shutil.rmtree(old)
+    publish_directory(partial, out, force, _is_reinforcement, "dataset reinforcement")
 
 
 def run_command(args: Any) -> None:
