@@ -20,8 +20,8 @@ A track is one folder, ``hundred/tracks/<name>/`` (or any package named in the
   called by ``hundred check`` once per phase with that phase's base config: what the phase's
   runs need first (e.g. a teacher trained on that phase's classes), as extra overrides per
   method;
-* ``commands`` — a function adding the track's own CLI commands (``hundred data
-  reinforce``, ``hundred xscore``), ``"module:function"``.
+* ``commands`` — a function adding the track's own CLI commands (``hundred X``,
+  ``hundred data X``), ``"module:function"``.
 
 Nothing here imports torch: the CLI and config validation read a track without loading it.
 Module paths in ``runner`` and ``method_base`` are resolved on first use.
@@ -105,7 +105,7 @@ class ReportSpec:
     even when every row has the same value (a declared descriptor: when some row has one);
     ``terminal_hidden`` column labels are left out of terminal tables (the report files keep
     them). ``descriptors`` are summary keys of the track's own that tell runs apart like the
-    model does (incremental: the exemplar ``memory``; classify: the ``teacher``): they split
+    model does (e.g. an exemplar memory size, or the teacher a run distilled): they split
     rows and get a column when rows differ in them. ``steps`` declares per-step series,
     ``histograms`` per-epoch histograms of the runs' ``metrics.jsonl`` (:class:`EpochHistogram`).
     """

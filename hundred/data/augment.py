@@ -379,11 +379,11 @@ LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 
 
 @dataclass
-class RandomGrayscale(Op):
-    """Replace each sample, with probability ``p``, by its BT.601 luma ``0.299 R + 0.587 G +
-    0.114 B`` copied to all three channels (SimCLR's and BYOL's grayscale, ``p = 0.2``)."""
+class RandomlyApplied(Op):
+    """A float step applied to each sample with probability ``p``: ``sample`` draws the
+    per-sample ``applied`` flags; subclasses define ``apply`` (and may draw more)."""
 
-    p: float = 0.2
+    p: float = 0.5
     needs_float = True
 
     def __post_init__(self) -> None:
@@ -391,6 +391,14 @@ class RandomGrayscale(Op):
 
     def sample(self, images: torch.Tensor, generator: torch.Generator | None) -> Params:
         return {"applied": _chosen(images, self.p, generator)}
+
+
+@dataclass
+class RandomGrayscale(RandomlyApplied):
+    """Replace each sample, with probability ``p``, by its BT.601 luma ``0.299 R + 0.587 G +
+    0.114 B`` copied to all three channels (SimCLR's and BYOL's grayscale, ``p = 0.2``)."""
+
+    p: float = 0.2
 
     def apply(self, images: torch.Tensor, params: Params) -> torch.Tensor:
         red, green, blue = LUMA_WEIGHTS
@@ -399,19 +407,12 @@ class RandomGrayscale(Op):
 
 
 @dataclass
-class RandomSolarize(Op):
+class RandomSolarize(RandomlyApplied):
     """With probability ``p`` per sample, invert the pixels at or above ``threshold``:
     ``x -> 1 - x`` for ``x >= 0.5`` on ``[0, 1]`` pixels (BYOL, Grill et al. 2020, App. B)."""
 
     p: float = 0.2
     threshold: float = 0.5
-    needs_float = True
-
-    def __post_init__(self) -> None:
-        _check_probability(self.p)
-
-    def sample(self, images: torch.Tensor, generator: torch.Generator | None) -> Params:
-        return {"applied": _chosen(images, self.p, generator)}
 
     def apply(self, images: torch.Tensor, params: Params) -> torch.Tensor:
         invert = params["applied"][:, None, None, None] & (images >= self.threshold)
@@ -425,7 +426,7 @@ def blur_kernel_size(side: int) -> int:
 
 
 @dataclass
-class RandomGaussianBlur(Op):
+class RandomGaussianBlur(RandomlyApplied):
     """Gaussian blur of each sample, with probability ``p``, with its own ``sigma`` drawn
     uniformly from ``sigma`` (SimCLR/BYOL: ``[0.1, 2.0]`` pixels, SimCLR ``p = 0.5``).
 
@@ -442,13 +443,11 @@ class RandomGaussianBlur(Op):
     device (a CUDA sync per batch); on CPU it measured no faster.
     """
 
-    p: float = 0.5
     sigma: tuple[float, float] = (0.1, 2.0)
     kernel_size: int | None = None
-    needs_float = True
 
     def __post_init__(self) -> None:
-        _check_probability(self.p)
+        super().__post_init__()
         self.sigma = (float(self.sigma[0]), float(self.sigma[1]))
         if not 0 < self.sigma[0] <= self.sigma[1]:
             raise HundredError(f"blur sigma range needs 0 < low <= high, got {self.sigma}")
@@ -464,7 +463,7 @@ class RandomGaussianBlur(Op):
 
     def sample(self, images: torch.Tensor, generator: torch.Generator | None) -> Params:
         """Per sample: ``applied`` and its ``sigma`` (drawn for every sample)."""
-        applied = _chosen(images, self.p, generator)
+        applied = super().sample(images, generator)["applied"]
         sigma = _uniform(images.shape[0], *self.sigma, generator, images)
         return {"applied": applied, "sigma": sigma}
 

@@ -1,6 +1,6 @@
 """The weights of a finished run, for a run that starts from them: a teacher that distils
-(classify's ``--teacher RUN_DIR``) or a backbone to fine-tune (classify's ``--init RUN_DIR``,
-e.g. after self-supervised pre-training).
+(``--teacher RUN_DIR``) or a backbone to fine-tune (``--init RUN_DIR``, e.g. after
+self-supervised pre-training).
 
 A finished run is a run directory with ``config.yaml``, ``summary.json`` and a readable
 newest checkpoint. Its weights are the model it evaluated: the EMA weights when it kept an EMA

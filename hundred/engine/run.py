@@ -155,7 +155,7 @@ def train_loader(ctx: RunContext, dataset: Dataset, indices: np.ndarray | None =
     (:func:`~hundred.data.subset.label_fraction_indices`) is used; the caller's ``indices``
     (e.g. a task's classes) keep their order and keep only the samples in the subset."""
     config = ctx.config
-    # per-view recipes (``view_augments``, e.g. the ssl track's) replace data.augment
+    # per-view recipes (``view_augments``, one spec per view) replace data.augment
     augment = None if loader_options.get("view_augments") else config.data.augment
     if config.data.batch_size % ctx.dist.world_size:
         raise HundredError(f"data.batch_size={config.data.batch_size} must divide evenly over "
