@@ -20,6 +20,9 @@ A track is one folder, ``hundred/tracks/<name>/`` (or any package named in the
   called by ``hundred check`` once per phase with that phase's base config: what the phase's
   runs need first (e.g. a teacher trained on that phase's classes), as extra overrides per
   method;
+* ``grid`` — per tuning budget, the shared search grid that replaces the budget's own for this
+  track's methods (whose loop does not train a network: e.g. condense tunes pixel updates,
+  not epochs and batch sizes);
 * ``commands`` — a function adding the track's own CLI commands (``hundred X``,
   ``hundred data X``), ``"module:function"``.
 
@@ -97,6 +100,16 @@ class EpochHistogram:
 
 
 @dataclass(frozen=True)
+class RunImage:
+    """A picture each run writes into its directory (``file``, e.g. a grid of the images a
+    condensation run learned), which HTML reports show for each row: the run of its first
+    seed. Runs without the file get none."""
+
+    file: str
+    caption: str
+
+
+@dataclass(frozen=True)
 class ReportSpec:
     """What reports need from a track's summaries and which columns its tables show.
 
@@ -107,7 +120,8 @@ class ReportSpec:
     them). ``descriptors`` are summary keys of the track's own that tell runs apart like the
     model does (e.g. an exemplar memory size, or the teacher a run distilled): they split
     rows and get a column when rows differ in them. ``steps`` declares per-step series,
-    ``histograms`` per-epoch histograms of the runs' ``metrics.jsonl`` (:class:`EpochHistogram`).
+    ``histograms`` per-epoch histograms of the runs' ``metrics.jsonl`` (:class:`EpochHistogram`),
+    ``images`` pictures the runs write (:class:`RunImage`).
     """
 
     metrics: tuple[Metric, ...]
@@ -117,6 +131,7 @@ class ReportSpec:
     terminal_hidden: tuple[str, ...] = ()
     steps: StepSeries | None = None
     histograms: tuple[EpochHistogram, ...] = ()
+    images: tuple[RunImage, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.metrics:
@@ -172,6 +187,7 @@ class Track:
     budget_base: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     commands: str | None = None
     phase_setup: str | None = None
+    grid: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         keys = [s.key for s in self.shortcuts] + list(self.protocol_fixed)

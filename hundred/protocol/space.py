@@ -137,11 +137,15 @@ def load_space_file(path: str | Path) -> dict[str, Dimension | None]:
 
 def space_for(method: "type[Method]", budget: str = "quick",
               overrides: Mapping[str, Dimension | None] | None = None) -> SearchSpace:
-    """The search space of ``method``: the budget's shared grid, then the method's own
+    """The search space of ``method``: the budget's shared grid (or its track's own grid for
+    that budget, ``Track.grid``), then the method's own
     ``search_space`` entries, then ``overrides`` (a ``--space`` file; None drops a key)."""
     if budget not in BUDGETS:
         raise HundredError(f"unknown budget {budget!r}; known: {', '.join(BUDGETS)}")
-    space: SearchSpace = {**BUDGETS[budget].grid, **dict(method.search_space)}
+    from hundred.registry import get_track
+
+    shared = get_track(method.track).grid.get(budget, BUDGETS[budget].grid)
+    space: SearchSpace = {**shared, **dict(method.search_space)}
     for key, dimension in (overrides or {}).items():
         if dimension is None:
             space.pop(key, None)

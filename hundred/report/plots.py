@@ -26,7 +26,7 @@ from hundred.report.aggregate import GroupRow, curve, mean_matrix, settings_labe
 from hundred.report.collect import (Histogram, Warn, load_epoch_records, parse_histogram,
                                     print_warning)
 from hundred.report.tables import Table
-from hundred.track import EpochHistogram, StepSeries
+from hundred.track import EpochHistogram, RunImage, StepSeries
 
 DPI = 150
 MAX_ANNOTATED_TASKS = 20  # beyond this, numbers in the heatmap cells become unreadable
@@ -267,7 +267,29 @@ def plot_table(table: Table, out: Path, taken: set[str], warn: Warn = print_warn
             if plot is not None:
                 taken.add(plot.path.name)
                 plots.append(plot)
+        for picture in row.spec.images:
+            plot = run_image(row, rows, picture, out, group, taken)
+            if plot is not None:
+                plots.append(plot)
     return plots
+
+
+def run_image(row: GroupRow, rows: Sequence[GroupRow], picture: RunImage, out: Path,
+              group: str, taken: set[str]) -> Plot | None:
+    """The picture ``picture.file`` that the run of the row's first seed wrote, copied next to
+    the report (atomically); None when that run has none."""
+    path = rows and row.runs[0].get("summary_path")
+    source = Path(path).parent / picture.file if path else None
+    if source is None or not source.is_file():
+        return None
+    label = row_label(row, rows)
+    stem = Path(picture.file).stem
+    target = _free_name(out, f"{stem}_{group}_{slug(label)}", taken)
+    with atomic_open(target, "wb") as handle:
+        handle.write(source.read_bytes())
+    caption = f"{picture.caption[:1].upper()}{picture.caption[1:]}: {label} ({_setting(row)}, " \
+              f"seed {row.runs[0]['seed']})."
+    return Plot(target, caption)
 
 
 def _step_plots(rows: Sequence[GroupRow], group: str, out: Path, taken: set[str],
