@@ -47,4 +47,5 @@ TRACK = Track(
                            "condense.ipc=1", "condense.iterations=20",
                            "condense.eval_runs=2", "condense.eval_epochs=30",
                            "condense.eval_augment=[none]", "condense.checkpoint_every=10")},
+    commands=".cli:add_commands",
 )

@@ -103,8 +103,9 @@ class CondenseMethod(Method):
 
     # -- the hooks the scenario calls -------------------------------------------------------
     def prepare(self, ctx: CondenseContext) -> None:
-        """Once, before the run directory is created: load and check what the method needs
-        from outside (e.g. expert trajectories), so that bad input writes nothing."""
+        """Once, before the run directory is created (``ctx.run_dir`` is not set yet): load
+        and check what the method needs from outside (e.g. expert trajectories), so that bad
+        input writes nothing."""
 
     def select(self, ctx: CondenseContext) -> torch.Tensor | None:
         """Indices (into the training split) of the real images the set starts from, ``ipc``

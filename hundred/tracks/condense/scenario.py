@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from rich.console import Console
 from safetensors.torch import save as save_safetensors
 
 from hundred.config import RunConfig
@@ -62,12 +63,13 @@ def run(config: RunConfig, method: CondenseMethod, resume_dir: Path | None = Non
     eval_dsa = make_dsa(settings.dsa_strategy) if "dsa" in settings.eval_augment else None
     if settings.eval_labels == "soft" and not method.optimises:
         raise HundredError(f"condense.eval_labels=soft: {method.name} has no soft labels")
-    ctx = CondenseContext(config, device, dataset, real, size, Path(), None, dsa)  # type: ignore[arg-type]
+    ctx = CondenseContext(config, device, dataset, real, size, Path(), Console(stderr=True),
+                          dsa)
+    method.prepare(ctx)  # e.g. expert trajectories, checked before anything is written
     with running(config, resume_dir) as run_ctx:
         if run_ctx.dist.enabled:
             raise HundredError("the condense track runs on one device (no torchrun)")
         ctx.run_dir, ctx.console = run_ctx.run_dir, run_ctx.console
-        method.prepare(ctx)
         started = time.perf_counter()
         if method.full_data:  # the upper bound: every real training image
             images, labels = real.all()

@@ -130,3 +130,9 @@ def test_a_killed_run_resumes_to_the_same_set(tmp_path):
     assert resumed["eval_top1"] == whole["eval_top1"]
     weights = load_file(run_dir / "checkpoints" / "epoch-0004.safetensors")
     assert "synthetic.images" in weights
+
+
+def test_a_missing_expert_directory_is_refused_before_anything_is_written(tmp_path):
+    with pytest.raises(HundredError, match="expert"):
+        run(tiny(tmp_path, "mtt", f"method_params.experts={tmp_path / 'nowhere'}"))
+    assert not (tmp_path / "condense").exists()
