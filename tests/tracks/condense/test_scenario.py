@@ -136,3 +136,15 @@ def test_a_missing_expert_directory_is_refused_before_anything_is_written(tmp_pa
     with pytest.raises(HundredError, match="expert"):
         run(tiny(tmp_path, "mtt", f"method_params.experts={tmp_path / 'nowhere'}"))
     assert not (tmp_path / "condense").exists()
+
+
+def test_the_html_report_shows_each_rows_learned_set(tmp_path):
+    from hundred.report import write_report
+
+    run(tiny(tmp_path, "random"))
+    out = tmp_path / "report"
+    write_report([tmp_path / "condense"], out)
+    pictures = sorted(out.glob("synthetic_*.png"))
+    assert len(pictures) == 1
+    assert pictures[0].name in (out / "index.html").read_text()
+    assert pictures[0].read_bytes() == (tmp_path / "condense/random/run/synthetic.png").read_bytes()
