@@ -23,10 +23,10 @@ from torch import nn
 from hundred.errors import HundredError
 from hundred.models.activations import CRReLU, activation_layer
 from hundred.models.backbones import CifarResNet, ConvNet
-from hundred.models.heads import HEADS, CosineHead, LinearHead
+from hundred.models.heads import HEADS, CosineHead, LanguageHead, LinearHead
 
-__all__ = ["Classifier", "CosineHead", "CRReLU", "LinearHead", "LOCAL_MODELS", "create",
-           "create_backbone"]
+__all__ = ["Classifier", "CosineHead", "CRReLU", "LanguageHead", "LinearHead", "LOCAL_MODELS",
+           "create", "create_backbone"]
 
 
 class TimmBackbone(nn.Module):

@@ -31,7 +31,8 @@ TRACK = Track(
     shortcuts=(
         Shortcut("scenario", "incremental.scenario",
                  help="class-incremental split, e.g. B0-Inc10, B50-Inc10"),
-        Shortcut("memory", "incremental.memory", int, help="exemplars in total"),
+        Shortcut("memory", "incremental.memory", int,
+                 help="exemplars in total (0: exemplar-free)"),
     ),
     scenario_key="incremental.scenario",
     protocol_fixed={"incremental": "the scenario (tasks, class order, memory) is the same in "

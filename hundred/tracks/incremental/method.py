@@ -9,7 +9,10 @@ from typing import Any, ClassVar
 
 from torch import nn
 
+from hundred.config import RunConfig
 from hundred.engine.method import Method
+from hundred.errors import HundredError
+from hundred.tracks.incremental.memory import exemplar_free
 
 
 @dataclass(frozen=True)
@@ -30,15 +33,38 @@ class Task:
         return self.num_old + self.num_new
 
 
+# What a method needs from the exemplar memory (``IncrementalMethod.exemplars``).
+EXEMPLAR_NEEDS = ("required", "optional", "never")
+
+
+def check_exemplars(method: type[IncrementalMethod], scenario: Any) -> None:
+    """Refuse an exemplar-free scenario (``incremental.memory=0``, or
+    ``memory_per_class=0``) for a method that declares ``exemplars = "required"``."""
+    if method.exemplars == "required" and exemplar_free(scenario):
+        raise HundredError(
+            f"incremental/{method.name or method.__name__} trains on exemplars of old classes "
+            f"(exemplars = \"required\"), so it cannot run exemplar-free: give "
+            f"incremental.memory > 0 (--memory N; or memory_per_class > 0), or choose a "
+            f"method that declares exemplars = \"optional\" or \"never\" (e.g. finetune)")
+
+
 class IncrementalMethod(Method):
     """Base class of class-incremental methods.
 
-    Declarations: ``uses_memory`` (train on task data + exemplars, keep the memory updated),
-    ``trains_on_all_seen`` (joint training upper bound), ``keeps_old_model`` (the scenario
-    passes a frozen copy of the previous task's model to :meth:`before_task`), ``classifier``
-    (``"linear"`` or ``"nme"``: which prediction is the method's own).
+    Declarations: ``exemplars`` (what the method needs from the exemplar memory, one of
+    :data:`EXEMPLAR_NEEDS`: ``"required"`` — it trains on task data + exemplars and refuses an
+    exemplar-free scenario, ``incremental.memory=0``, with a HundredError before anything
+    runs; ``"optional"`` — it uses exemplars when the scenario keeps some and runs
+    exemplar-free otherwise; ``"never"`` — it keeps none, and unless it
+    ``trains_on_all_seen`` the scenario serves it only the current task's images),
+    ``uses_memory`` (derived: ``exemplars != "never"``; a subclass that sets only
+    ``uses_memory`` gets ``"optional"`` or ``"never"``), ``trains_on_all_seen`` (joint
+    training upper bound), ``keeps_old_model`` (the scenario passes a frozen copy of the
+    previous task's model to :meth:`before_task`), ``classifier`` (``"linear"`` or ``"nme"``:
+    which prediction is the method's own).
     """
 
+    exemplars: ClassVar[str] = "optional"
     uses_memory: ClassVar[bool] = True
     trains_on_all_seen: ClassVar[bool] = False
     keeps_old_model: ClassVar[bool] = False
@@ -46,6 +72,27 @@ class IncrementalMethod(Method):
 
     task: Task
     old_model: nn.Module | None = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        own = vars(cls)
+        if "exemplars" in own:
+            if cls.exemplars not in EXEMPLAR_NEEDS:
+                raise TypeError(f"{cls.__name__}.exemplars must be one of {EXEMPLAR_NEEDS}, "
+                                f"not {cls.exemplars!r}")
+            if "uses_memory" in own and cls.uses_memory != (cls.exemplars != "never"):
+                raise TypeError(f"{cls.__name__}: uses_memory={cls.uses_memory} contradicts "
+                                f"exemplars={cls.exemplars!r}")
+            cls.uses_memory = cls.exemplars != "never"
+        elif "uses_memory" in own:
+            cls.exemplars = "optional" if cls.uses_memory else "never"
+
+    def __init__(self, params: dict[str, Any] | None = None, config: RunConfig | None = None
+                 ) -> None:
+        super().__init__(params, config)
+        scenario = getattr(self.config, "incremental", None)
+        if scenario is not None:  # refused here, so before the run writes anything
+            check_exemplars(type(self), scenario)
 
     def before_task(self, task: Task, model: nn.Module, old_model: nn.Module | None) -> None:
         """Called once the head has grown for ``task``, before its training starts."""

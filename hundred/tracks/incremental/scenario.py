@@ -36,14 +36,16 @@ from hundred.engine.run import (RunContext, eval_loader, finish_run, image_size,
 from hundred.engine.trainer import Trainer
 from hundred.errors import HundredError
 from hundred.io import atomic_open, write_json
-from hundred.models import Classifier, create
+from hundred.models import Classifier, LanguageHead, create
+from hundred.models.language import LanguageTargets, SentenceEncoder
 from hundred.tracks.incremental.config import IncrementalConfig
-from hundred.tracks.incremental.memory import ExemplarMemory
-from hundred.tracks.incremental.method import IncrementalMethod, Task
+from hundred.tracks.incremental.memory import ExemplarMemory, exemplar_free
+from hundred.tracks.incremental.method import IncrementalMethod, Task, check_exemplars
 from hundred.tracks.incremental.metrics import matrix_to_json, summarise
 
 
 METHOD_STATE = "method.state.pt"  # a task boundary's method state (read with weights_only)
+EXEMPLAR_FREE = "none (exemplar-free)"  # the ``memory`` descriptor of an exemplar-free run
 
 
 def task_sizes(scenario: str, num_classes: int) -> list[int]:
@@ -89,6 +91,17 @@ def task_config(config: RunConfig, task: Task) -> RunConfig:
                          for m in config.schedule.milestones}) if epochs > 1 else []
     return with_values(config, {"train.epochs": epochs, "schedule.milestones": milestones},
                        origin="incremental.first_task_epochs")
+
+
+def language_targets(config: RunConfig, dataset: Dataset) -> LanguageTargets:
+    """LingoCL's frozen targets of ``dataset``'s classes (in arrival order), replacing the
+    classifier (``incremental.language_targets``); the model's own head must stay "linear"."""
+    inc = config.incremental
+    if config.model.head != "linear":
+        raise HundredError(f"incremental.language_targets replaces the classifier; leave "
+                           f"model.head at linear (got {config.model.head!r})")
+    return LanguageTargets(dataset.class_names, SentenceEncoder(inc.language_encoder),
+                           inc.language_prompt, inc.language_cache_dir, dataset=dataset.name)
 
 
 def build_tasks(sizes: list[int]) -> list[Task]:
@@ -153,6 +166,8 @@ class IncrementalRun:
         inc = self.config.incremental
         self.order = class_order(dataset.num_classes, inc)
         self.dataset = relabelled(dataset, self.order)
+        self.language = (language_targets(self.config, self.dataset)
+                         if inc.language_targets else None)
         self.tasks = build_tasks(task_sizes(inc.scenario, dataset.num_classes))
         self.train = self.dataset.arrays("train")
         self.val = self.dataset.arrays("val")
@@ -160,6 +175,9 @@ class IncrementalRun:
                               for c in range(dataset.num_classes)}
         self.memory = ExemplarMemory(inc.memory, inc.memory_per_class, inc.selection,
                                      seed=self.config.seed)
+        # no old-class image is kept (memory 0) or the method keeps none (exemplars "never")
+        self.keeps_exemplars = method.uses_memory and not exemplar_free(inc)
+        self.exemplar_free = not method.trains_on_all_seen and not self.keeps_exemplars
         self.records: list[dict[str, Any]] = []
         self.tasks_dir = ctx.run_dir / "tasks"
         self.model: Classifier | None = None
@@ -170,8 +188,12 @@ class IncrementalRun:
     # -- model and data for a task --------------------------------------------------------
     def _new_model(self, num_classes: int) -> Classifier:
         model_config = self.config.model
-        return create(model_config.name, num_classes, head=model_config.head,
-                      img_size=image_size(self.config, self.dataset), **model_config.options)
+        model = create(model_config.name, num_classes, head=model_config.head,
+                       img_size=image_size(self.config, self.dataset), **model_config.options)
+        if self.language is not None:  # its ``grown`` appends the new classes' targets
+            model.head = LanguageHead.from_source(model.feature_dim, self.language, num_classes,
+                                                  scale=self.config.incremental.language_scale)
+        return model
 
     def _task_seed(self, task: Task) -> int:
         return self.config.seed * 1009 + task.index
@@ -182,8 +204,11 @@ class IncrementalRun:
             return np.flatnonzero(self.train.labels < task.num_seen)
         current = np.flatnonzero((self.train.labels >= task.num_old) &
                                  (self.train.labels < task.num_seen))
-        if self.method.uses_memory and len(self.memory):
+        if self.keeps_exemplars and len(self.memory):
             current = np.union1d(current, self.memory.indices())
+        if self.exemplar_free and (self.train.labels[current] < task.num_old).any():
+            raise HundredError(f"task {task.index + 1}: an exemplar-free run was about to "
+                               "train on images of old classes")  # the guarantee, enforced
         return current.astype(np.int64)
 
     def _features_of(self, model: Classifier) -> Callable[[np.ndarray], torch.Tensor]:
@@ -281,7 +306,7 @@ class IncrementalRun:
         trainer.resume()
         trainer.fit()
         method_log = method.after_task(task, model)
-        if method.uses_memory:
+        if self.keeps_exemplars:
             self._update_memory(task, model)
         record = {"task": task.index, "classes": task.num_seen, **self.evaluate(task, model),
                   "method_log": method_log, "memory_size": len(self.memory),
@@ -358,10 +383,14 @@ class IncrementalRun:
         inc = self.config.incremental
         summary: dict[str, Any] = {
             "data": self.dataset.name, "model": self.config.model.name,
-            "memory": inc.memory_per_class or inc.memory,
-            "memory_kind": "per-class" if inc.memory_per_class else "fixed-total",
+            "memory": (EXEMPLAR_FREE if self.exemplar_free else "all seen data"
+                       if self.method.trains_on_all_seen else
+                       inc.memory if inc.memory_per_class is None else inc.memory_per_class),
+            "memory_kind": "per-class" if inc.memory_per_class is not None else "fixed-total",
+            "exemplar_free": self.exemplar_free,
             "selection": inc.selection, "class_order": self.order.tolist(),
             "classifier": self.method.classifier,
+            "language_targets": self.language.describe() if self.language else None,
             "classes_per_step": [r["classes"] for r in self.records],
         }
         for name in ("linear", "nme"):
@@ -391,6 +420,7 @@ class IncrementalRun:
 def run(config: RunConfig, method: IncrementalMethod, resume_dir: Path | None = None
         ) -> dict[str, Any]:
     """Run ``method`` through the class-incremental scenario; returns the summary."""
+    check_exemplars(type(method), config.incremental)  # before the run writes anything
     with running(config, resume_dir) as ctx:
         dataset = load_data(config)
         summary = IncrementalRun(ctx, method, dataset).run()

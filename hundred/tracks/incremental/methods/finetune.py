@@ -16,7 +16,7 @@ from hundred.tracks.incremental.method import IncrementalMethod
 class Finetune(IncrementalMethod):
     """Cross-entropy over all seen classes on the current task's data only; no memory."""
 
-    uses_memory = False
+    exemplars = "never"  # the exemplar-free lower bound: only the current task's images
     search_space = {}  # the shared grid only (inherited by replay and joint)
 
     def loss(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -22,7 +22,9 @@ from hundred.tracks.incremental.method import IncrementalMethod
 class ICaRL(IncrementalMethod):
     """Sigmoid/BCE classification + distillation on old classes; NME classification."""
 
-    uses_memory = True
+    # the exemplars are its training replay (Alg. 3) and its classifier (NME over the
+    # exemplar means, Alg. 1): with none, old classes have no mean to be predicted by
+    exemplars = "required"
     keeps_old_model = True
     classifier = "nme"
     # No hyperparameter of its own (its distillation is the sigmoid targets, without a

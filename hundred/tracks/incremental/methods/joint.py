@@ -9,6 +9,8 @@ from hundred.tracks.incremental.methods.finetune import Finetune
 
 @register("incremental", "joint")
 class Joint(Finetune):
-    """Cross-entropy on the full data of all seen classes; no memory needed."""
+    """Cross-entropy on the full data of all seen classes; no memory needed (it inherits
+    ``exemplars = "never"``: it keeps no exemplars, so ``incremental.memory=0`` is valid; as
+    it ``trains_on_all_seen`` it is the upper bound, never an exemplar-free run)."""
 
     trains_on_all_seen = True

@@ -12,4 +12,4 @@ from hundred.tracks.incremental.methods.finetune import Finetune
 class Replay(Finetune):
     """Finetune's loss on task data + memory (herding-selected by default)."""
 
-    uses_memory = True
+    exemplars = "required"  # without exemplars it is finetune

@@ -52,7 +52,9 @@ class WA(IncrementalMethod):
     # T in {0.5 .. 2.5}. Their KD weight grid does not apply: WA's weight is the adaptive
     # n_old / n_seen of the paper, not a hyperparameter.
     search_space = {"method_params.temperature": Choice((0.5, 1.0, 1.5, 2.0, 2.5))}
-    uses_memory = True
+    # trains on task data + exemplars (Sec. 3.1); weight aligning only corrects the bias
+    # that imbalance leaves, it does not replace the old classes' data
+    exemplars = "required"
     keeps_old_model = True
 
     def loss(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
