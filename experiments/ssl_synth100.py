@@ -95,11 +95,14 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=30, help="pre-training epochs")
     parser.add_argument("--finetune-epochs", type=int, default=30)
+    parser.add_argument("--only", help="pre-training rows to run, separated by ; (no "
+                        "fine-tuning, no table: e.g. to split the runs over two processes)")
     args = parser.parse_args()
     out = Path(args.out)
     pretrain_dirs: dict[tuple[str, int], Path] = {}
     probe: dict[str, dict[str, list[float]]] = {}
-    for label, (method, extra) in PRETRAIN.items():
+    rows = PRETRAIN if not args.only else {k: PRETRAIN[k] for k in args.only.split(";")}
+    for label, (method, extra) in rows.items():
         for seed in range(args.seeds):
             epochs = 1 if method == "random" else args.epochs  # random: nothing to train
             overrides = [*MODEL, *SSL_COMMON, *extra, f"train.epochs={epochs}", f"seed={seed}"]
@@ -109,6 +112,8 @@ def main() -> None:
             for key in ("linear_top1", "knn20_top1", "knn200_top1", "online_top1"):
                 probe.setdefault(label, {}).setdefault(key, []).append(float(summary[key]))
 
+    if args.only:
+        return
     finetune: dict[str, dict[float, list[float]]] = {}
     for label, method in {"scratch": None, **FINETUNE_FROM}.items():
         for fraction in FRACTIONS:
