@@ -6,6 +6,7 @@ from pydantic import ValidationError
 from torch import nn
 
 from hundred.models import Classifier
+from hundred.registry import get_method
 from hundred.tracks.condense.methods.dm import DM
 from hundred.tracks.condense.synthetic import SyntheticSet
 
@@ -15,11 +16,13 @@ def _loss(method, synthetic, ctx, seed=0):
     return method.matching_loss(synthetic, ctx)
 
 
-def test_loss_vanishes_when_the_set_is_each_whole_class(make_context, whole_classes):
+@pytest.mark.parametrize("name", ["dm", "datadam"])
+def test_loss_vanishes_when_the_set_is_each_whole_class(make_context, whole_classes, name):
     # ipc = the class size and real_batch >= it: each real batch is the whole class (in a
-    # random order), so the mean embeddings agree whatever the network.
-    ctx = make_context("condense.ipc=3", "condense.real_batch=256")
-    method = DM(config=ctx.config)
+    # random order), so the mean embeddings (and DataDAM's mean attention maps) agree
+    # whatever the network.
+    ctx = make_context(f"method={name}", "condense.ipc=3", "condense.real_batch=256")
+    method = get_method("condense", name)(config=ctx.config)
     exact = whole_classes(ctx)
     loss = _loss(method, exact, ctx)
     moved = SyntheticSet(exact.images.detach() + 0.3 * torch.randn_like(exact.images),
