@@ -18,13 +18,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
+
+import runs  # experiments/runs.py: run or resume one named run directory
 
 DATA = "{classes: 100, train_per_class: 50, val_per_class: 20, res: 16}"
 STUDENT = ("model.name=resnet20", "model.options={{width: 8}}")  # str.format-escaped
@@ -54,31 +52,11 @@ ROWS: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 
 
-def hundred(*args: str) -> None:
-    """Run the ``hundred`` command line (the installed one) and stop on failure."""
-    command = [sys.executable, "-m", "hundred.cli", *args]
-    result = subprocess.run(command)
-    if result.returncode:
-        raise SystemExit(f"failed: {' '.join(command)}")
-
-
 def run(out: Path, method: str, name: str, overrides: list[str]) -> Path:
-    """One run under ``out`` (skipped when finished, resumed when killed)."""
-    run_dir = out / "classify" / method / name
-    if (run_dir / "summary.json").is_file():
-        return run_dir
-    if (run_dir / "config.yaml").is_file():  # killed: continue it with its stored config
-        args = ["run", "classify", method, "--resume", str(run_dir)]
-    else:
-        args = ["run", "classify", method, "--root", str(out), "--name", name]
-        if not any(o.startswith("data.source=") for o in overrides):  # the built-in data
-            args += ["--data", "synth100", "--set", f"data.options={DATA}"]
-        for override in overrides:
-            args += ["--set", override]
-    started = time.perf_counter()
-    hundred(*args)
-    print(f"{name}: {time.perf_counter() - started:.0f} s", flush=True)
-    return run_dir
+    """One classify run under ``out`` (on the table's synth100 unless it names its data)."""
+    data = ([] if any(o.startswith("data.source=") for o in overrides)
+            else ["--data", "synth100", "--set", f"data.options={DATA}"])
+    return runs.run(out, "classify", method, name, [*data, *runs.settings(overrides)])[0]
 
 
 def reinforced_data(out: Path, teacher: Path, samples: int) -> Path:
@@ -88,16 +66,12 @@ def reinforced_data(out: Path, teacher: Path, samples: int) -> Path:
     if not (packed / "meta.json").is_file():
         options = [a for o in DATA.strip("{}").split(", ")
                    for a in ("--option", o.replace(": ", "="))]
-        hundred("data", "pack", "synth100", "--res", "16", "--out", str(packed), *options)
+        runs.hundred("data", "pack", "synth100", "--res", "16", "--out", str(packed), *options)
     reinforced = out / "synth100-16-reinforced"
     if not (reinforced / "meta.json").is_file():
-        hundred("data", "reinforce", str(packed), "--teacher", str(teacher), "--samples",
+        runs.hundred("data", "reinforce", str(packed), "--teacher", str(teacher), "--samples",
                 str(samples), "--augment", "crop-flip", "--out", str(reinforced), "-q")
     return reinforced
-
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
 
 
 def main() -> None:
@@ -134,7 +108,7 @@ def main() -> None:
     for label, values in results.items():
         cells = []
         for key, digits in (("val_top1", 1), ("val_ece", 1), ("val_loss", 2)):
-            mean, std = mean_std(values[key])
+            mean, std = runs.mean_std(values[key])
             cells.append(f"{mean:.{digits}f} ± {std:.{digits}f}")
         print(f"| {label} | {' | '.join(cells)} | {np.mean(values['train_seconds']):.0f} |")
     (out / "table.json").write_text(json.dumps(results, indent=1))

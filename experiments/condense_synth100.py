@@ -22,10 +22,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
-import time
 from pathlib import Path
+
+import runs  # experiments/runs.py: run or resume one named run directory
 
 DATA = "{classes: 10, train_per_class: 100, val_per_class: 50, res: 32}"
 MODEL = ("model.name=convnet_d3", "model.options={width: 32}")
@@ -48,35 +47,16 @@ ROWS: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 
 
-def hundred(*args: str) -> None:
-    """Run the ``hundred`` command line (the installed one) and stop on failure."""
-    command = [sys.executable, "-m", "hundred.cli", *args]
-    result = subprocess.run(command)
-    if result.returncode:
-        raise SystemExit(f"failed: {' '.join(command)}")
-
-
 def run(out: Path, method: str, name: str, overrides: list[str]) -> dict:
-    """One run under ``out`` (skipped when finished, resumed when killed); its summary."""
-    run_dir = out / "condense" / method / name
-    if not (run_dir / "summary.json").is_file():
-        if (run_dir / "config.yaml").is_file():  # killed: continue it with its stored config
-            args = ["run", "condense", method, "--resume", str(run_dir)]
-        else:
-            args = ["run", "condense", method, "--root", str(out), "--name", name,
-                    "--data", "synth100", "--set", f"data.options={DATA}"]
-            for override in overrides:
-                args += ["--set", override]
-        started = time.perf_counter()
-        hundred(*args)
-        print(f"{method}/{name}: {time.perf_counter() - started:.0f} s", flush=True)
-    return json.loads((run_dir / "summary.json").read_text())
+    """One condense run under ``out`` on the table's data; its summary."""
+    start = ["--data", "synth100", "--set", f"data.options={DATA}", *runs.settings(overrides)]
+    return runs.run(out, "condense", method, name, start)[1]
 
 
 def experts(out: Path, count: int, epochs: int) -> Path:
     """The expert trajectories MTT and TESLA match (made once; a rerun resumes)."""
     directory = out / "experts"
-    hundred("condense", "experts", "--data", "synth100", "--set", f"data.options={DATA}",
+    runs.hundred("condense", "experts", "--data", "synth100", "--set", f"data.options={DATA}",
             "--model", "convnet_d3", "--set", "model.options={width: 32}", "--experts",
             str(count), "--epochs", str(epochs), "--out", str(directory))
     return directory

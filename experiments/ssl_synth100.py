@@ -23,13 +23,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
+
+import runs  # experiments/runs.py: run or resume one named run directory
 
 DATA = "{classes: 100, train_per_class: 50, val_per_class: 20, res: 16}"
 MODEL = ("model.name=resnet20", "model.options={width: 8}")
@@ -51,41 +49,16 @@ FINETUNE_FROM = {"Selfie": "selfie", "SimCLR": "simclr"}  # pre-trained rows fin
 FRACTIONS = (0.1, 1.0)
 
 
-def hundred(*args: str) -> None:
-    """Run the ``hundred`` command line (the installed one) and stop on failure."""
-    command = [sys.executable, "-m", "hundred.cli", *args]
-    result = subprocess.run(command)
-    if result.returncode:
-        raise SystemExit(f"failed: {' '.join(command)}")
-
-
 def run(out: Path, track: str, method: str, name: str, overrides: list[str],
         init: Path | None = None) -> Path:
-    """One run under ``out`` (skipped when finished, resumed when killed)."""
-    run_dir = out / track / method / name
-    if (run_dir / "summary.json").is_file():
-        return run_dir
-    if (run_dir / "config.yaml").is_file():  # killed: continue it with its stored config
-        args = ["run", track, method, "--resume", str(run_dir)]
-    else:
-        args = ["run", track, method, "--root", str(out), "--name", name,
-                "--data", "synth100", "--set", f"data.options={DATA}"]
-        if init is not None:
-            args += ["--init", str(init)]
-        for override in overrides:
-            args += ["--set", override]
-    started = time.perf_counter()
-    hundred(*args)
-    print(f"{track}/{method}/{name}: {time.perf_counter() - started:.0f} s", flush=True)
-    return run_dir
-
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
+    """One run under ``out`` on the table's synth100 (``init``: classify's pre-trained run)."""
+    start = ["--data", "synth100", "--set", f"data.options={DATA}"]
+    start += ["--init", str(init)] if init is not None else []
+    return runs.run(out, track, method, name, [*start, *runs.settings(overrides)])[0]
 
 
 def cell(values: list[float]) -> str:
-    mean, std = mean_std(values)
+    mean, std = runs.mean_std(values)
     return f"{mean:.1f} ± {std:.1f}"
 
 

@@ -21,8 +21,8 @@ A track is one folder, ``hundred/tracks/<name>/`` (or any package named in the
   runs need first (e.g. a teacher trained on that phase's classes), as extra overrides per
   method;
 * ``grid`` — per tuning budget, the shared search grid that replaces the budget's own for this
-  track's methods (whose loop does not train a network: e.g. condense tunes pixel updates,
-  not epochs and batch sizes);
+  track's methods (for a track whose loop does not train a network, where epochs and batch
+  sizes mean nothing);
 * ``commands`` — a function adding the track's own CLI commands (``hundred X``,
   ``hundred data X``), ``"module:function"``.
 

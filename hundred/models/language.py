@@ -67,8 +67,10 @@ def id_like_names(names: Sequence[str]) -> list[str]:
     return bad
 
 
-def check_class_names(dataset: str, names: Sequence[str]) -> None:
-    """A HundredError naming the classes of ``dataset`` whose names are only ids."""
+def check_class_names(dataset: str, names: Sequence[str], option: str = "language targets"
+                      ) -> None:
+    """A HundredError naming the classes of ``dataset`` whose names are only ids; ``option``
+    is what the user turned on (the config key the caller reads), named in the remedy."""
     bad = id_like_names(names)
     if bad:
         shown = ", ".join(repr(n) for n in bad[:5]) + (" ..." if len(bad) > 5 else "")
@@ -76,7 +78,7 @@ def check_class_names(dataset: str, names: Sequence[str]) -> None:
             f"language targets need class names, but {len(bad)} of the {len(names)} classes of "
             f"{dataset} are named by ids only ({shown}); use a dataset whose classes carry real "
             f"names (synth100, CIFAR, ImageNet folders named by wnid with timm installed, "
-            f"folders named after the classes) or turn incremental.language_targets off")
+            f"folders named after the classes) or turn {option} off")
 
 
 def _library_version() -> str:
@@ -195,11 +197,11 @@ class LanguageTargets:
 
     def __init__(self, class_names: Sequence[str], encoder: SentenceEncoder | None = None,
                  prompt: str = DEFAULT_PROMPT, cache_dir: str | Path | None = None,
-                 dataset: str = "the dataset") -> None:
+                 dataset: str = "the dataset", option: str = "language targets") -> None:
         if prompt.count("{}") != 1:
             raise HundredError(f"language prompt {prompt!r} must contain one '{{}}' for the "
                                f"class name")
-        check_class_names(dataset, class_names)
+        check_class_names(dataset, class_names, option)
         self.class_names = [str(name) for name in class_names]
         self.encoder = encoder or SentenceEncoder()
         self.prompt = prompt

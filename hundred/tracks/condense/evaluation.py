@@ -103,18 +103,20 @@ def evaluate_settings(settings: list[Setting], images: torch.Tensor,
                       targets: dict[str, torch.Tensor], test_images: torch.Tensor,
                       test_labels: torch.Tensor, *, runs: int, epochs: int, batch_size: int,
                       weight_decay: float, num_classes: int, image_size: int,
-                      model_options: dict[str, Any], seed: int,
+                      model_options: dict[str, dict[str, Any]], seed: int,
                       dsa: Callable[[torch.Tensor], torch.Tensor] | None,
                       log: Callable[[str], None] | None = None) -> list[Setting]:
     """Train ``runs`` fresh networks per setting on ``images`` with ``targets[setting.labels]``
     and test each on ``test_images``; fills ``setting.top1``. Run ``r`` of every setting starts
-    from the same seed (``seed * 1000 + r``), so settings differ only in what they name."""
+    from the same seed (``seed * 1000 + r``), so settings differ only in what they name.
+    ``model_options`` holds options per architecture name (e.g. the run model's width); other
+    architectures are built with their defaults."""
     device = images.device
     for setting in settings:
         for run in range(runs):
             torch.manual_seed(seed * 1000 + run)
             model: Classifier = create(setting.model, num_classes, img_size=image_size,
-                                       **model_options).to(device)
+                                       **model_options.get(setting.model, {})).to(device)
             train_network(model, images, targets[setting.labels], epochs=epochs, lr=setting.lr,
                           batch_size=batch_size, weight_decay=weight_decay,
                           augment=dsa if setting.augment == "dsa" else None)

@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -101,15 +102,13 @@ def run(config: RunConfig, method: CondenseMethod, resume_dir: Path | None = Non
                 for augment in settings.eval_augment for kind in label_kinds]
         started = time.perf_counter()
         test_images, test_labels = test.all()
-        for setting in grid:
-            evaluate_settings(
-                [setting], images, targets, test_images, test_labels, runs=settings.eval_runs,
-                epochs=settings.eval_epochs, batch_size=settings.eval_batch_size,
-                weight_decay=settings.eval_weight_decay, num_classes=dataset.num_classes,
-                image_size=size,
-                model_options=config.model.options if setting.model == config.model.name else {},
-                seed=config.seed, dsa=eval_dsa,
-                log=lambda line: run_ctx.console.print(line, highlight=False))
+        evaluate_settings(
+            grid, images, targets, test_images, test_labels, runs=settings.eval_runs,
+            epochs=settings.eval_epochs, batch_size=settings.eval_batch_size,
+            weight_decay=settings.eval_weight_decay, num_classes=dataset.num_classes,
+            image_size=size, model_options={config.model.name: config.model.options},
+            seed=config.seed, dsa=eval_dsa,
+            log=lambda line: run_ctx.console.print(line, highlight=False))
         summary = {
             "data": dataset.name, "model": config.model.name, "classes": dataset.num_classes,
             "ipc": None if synthetic is None else settings.ipc,
@@ -140,7 +139,7 @@ def headline(grid: list[Setting], model: str, augment: str, labels: str) -> dict
     nodsa = find("none", labels) if augment != "none" else None
     hard = find(augment, "hard") if labels != "hard" else None
     return {"eval_top1": round(main.mean, 2),
-            "eval_top1_std": None if main.std != main.std else round(main.std, 2),
+            "eval_top1_std": None if math.isnan(main.std) else round(main.std, 2),
             "eval_augment": augment, "eval_labels": labels, "eval_lr": main.lr,
             "eval_nodsa_top1": None if nodsa is None else round(nodsa.mean, 2),
             "eval_hard_top1": None if hard is None else round(hard.mean, 2)}

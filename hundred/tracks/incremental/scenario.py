@@ -101,7 +101,8 @@ def language_targets(config: RunConfig, dataset: Dataset) -> LanguageTargets:
         raise HundredError(f"incremental.language_targets replaces the classifier; leave "
                            f"model.head at linear (got {config.model.head!r})")
     return LanguageTargets(dataset.class_names, SentenceEncoder(inc.language_encoder),
-                           inc.language_prompt, inc.language_cache_dir, dataset=dataset.name)
+                           inc.language_prompt, inc.language_cache_dir, dataset=dataset.name,
+                           option="incremental.language_targets")
 
 
 def build_tasks(sizes: list[int]) -> list[Task]:
