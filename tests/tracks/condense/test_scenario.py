@@ -148,3 +148,24 @@ def test_the_html_report_shows_each_rows_learned_set(tmp_path):
     assert len(pictures) == 1
     assert pictures[0].name in (out / "index.html").read_text()
     assert pictures[0].read_bytes() == (tmp_path / "condense/random/run/synthetic.png").read_bytes()
+
+
+def test_herding_selects_by_herding_on_the_feature_network(make_context):
+    """Each class's block is herding_order of that class's features under the network the
+    method trained (here untrained: feature_epochs=0), in selection order."""
+    from hundred.engine.selection import herding_order
+    from hundred.tracks.condense.methods.herding import HerdingReal
+
+    ctx = make_context("method=herding", "condense.ipc=2", "method_params.feature_epochs=0",
+                       per_class=5)
+    torch.manual_seed(0)
+    network = ctx.new_network()
+    ctx.new_network = lambda name=None: network  # the method's feature network, kept here
+    chosen = HerdingReal({"feature_epochs": 0}, ctx.config).select(ctx)
+    network.eval()
+    with torch.no_grad():
+        for label in range(4):
+            indices = ctx.real.class_indices[label]
+            features = network.features(ctx.real.take(indices))
+            assert chosen[2 * label:2 * label + 2].tolist() == \
+                indices[herding_order(features, 2)].tolist()
