@@ -5,8 +5,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar, Iterable
 
+import torch
 from torch import nn
 
 from hundred.config import RunConfig
@@ -31,6 +32,19 @@ class Task:
     @property
     def num_seen(self) -> int:
         return self.num_old + self.num_new
+
+
+@dataclass(frozen=True)
+class TaskData:
+    """The current task's training images, for a method's :meth:`IncrementalMethod.after_task`
+    (prototypes, drift projectors ...): ``train`` is the task's training loader (shuffled,
+    augmented as in training; iterate it for more epochs with ``train.set_epoch``), ``plain()``
+    an unaugmented pass over the same images in order, ``indices`` their train-split indices.
+    In an exemplar-free run these are the current task's images only."""
+
+    train: Any
+    plain: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]]
+    indices: Any
 
 
 # What a method needs from the exemplar memory (``IncrementalMethod.exemplars``).
@@ -60,8 +74,10 @@ class IncrementalMethod(Method):
     ``uses_memory`` (derived: ``exemplars != "never"``; a subclass that sets only
     ``uses_memory`` gets ``"optional"`` or ``"never"``), ``trains_on_all_seen`` (joint
     training upper bound), ``keeps_old_model`` (the scenario passes a frozen copy of the
-    previous task's model to :meth:`before_task`), ``classifier`` (``"linear"`` or ``"nme"``:
-    which prediction is the method's own).
+    previous task's model to :meth:`before_task`), ``classifier`` (which prediction is the
+    method's own: ``"nme"``, the scenario's nearest mean of exemplars; anything else, e.g.
+    ``"linear"`` or ``"ncm"``, names what :meth:`predict` returns, which the scenario evaluates
+    as its ``linear`` record).
     """
 
     exemplars: ClassVar[str] = "optional"
@@ -72,6 +88,7 @@ class IncrementalMethod(Method):
 
     task: Task
     old_model: nn.Module | None = None
+    task_data: TaskData | None = None  # set by the scenario before after_task
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -100,5 +117,16 @@ class IncrementalMethod(Method):
 
     def after_task(self, task: Task, model: nn.Module) -> dict[str, Any]:
         """Called after ``task``'s training, before memory update and evaluation; returns
-        anything worth logging for the task."""
+        anything worth logging for the task. ``self.task_data`` holds the task's images. On
+        resume it may run again for a task whose training had finished, so anything random
+        in it should draw from a generator seeded by the task, not the global RNG."""
         return {}
+
+    def predict(self, model: nn.Module, images: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(scores over the seen classes, features)`` of ``images`` at evaluation (eval
+        mode, no grad): the head's logits and the backbone's features unless the method
+        classifies otherwise (prototypes, a cascade of projectors ...). The scenario scores
+        the first as the method's own classifier (the ``linear`` record) and uses the
+        second for the NME classifier when there are exemplars."""
+        return model(images, return_features=True)

@@ -40,7 +40,8 @@ from hundred.models import Classifier, LanguageHead, create
 from hundred.models.language import LanguageTargets, SentenceEncoder
 from hundred.tracks.incremental.config import IncrementalConfig
 from hundred.tracks.incremental.memory import ExemplarMemory, exemplar_free
-from hundred.tracks.incremental.method import IncrementalMethod, Task, check_exemplars
+from hundred.tracks.incremental.method import (IncrementalMethod, Task, TaskData,
+                                               check_exemplars)
 from hundred.tracks.incremental.metrics import matrix_to_json, summarise
 
 
@@ -124,13 +125,18 @@ def relabelled(dataset: Dataset, order: np.ndarray) -> Dataset:
 
 
 @torch.no_grad()
-def extract(model: Classifier, batches: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(logits, features, labels) over all ``batches``, in eval mode, on the CPU."""
+def extract(model: Classifier, batches: Any,
+            predict: Callable[[Classifier, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+            | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(logits, features, labels) over all ``batches``, in eval mode, on the CPU; ``predict``
+    (a method's :meth:`~IncrementalMethod.predict`) replaces ``model(images,
+    return_features=True)``."""
     was_training = model.training
     model.eval()
     outputs: list[tuple[torch.Tensor, ...]] = []
     for images, labels in batches:
-        logits, features = model(images, return_features=True)
+        logits, features = (predict(model, images) if predict is not None else
+                            model(images, return_features=True))
         outputs.append((logits.float().cpu(), features.float().cpu(), labels.cpu()))
     model.train(was_training)
     return tuple(torch.cat(parts) for parts in zip(*outputs))  # type: ignore[return-value]
@@ -297,8 +303,9 @@ class IncrementalRun:
         task_dir = self._task_dir(task)
         if ctx.dist.is_main:
             task_dir.mkdir(parents=True, exist_ok=True)
-        loader = train_loader(ctx, self.dataset, indices=self.training_indices(task),
-                              seed_offset=task.index, views=method.views)
+        indices = self.training_indices(task)
+        loader = train_loader(ctx, self.dataset, indices=indices, seed_offset=task.index,
+                              views=method.views)
         trainer = Trainer(task_config(self.config, task), model, method, loader, None,
                           ctx.device, task_dir, ctx.dist, ctx.console)
         if self.restored_method_weights is not None:
@@ -306,7 +313,10 @@ class IncrementalRun:
             self.restored_method_weights = None
         trainer.resume()
         trainer.fit()
+        method.task_data = TaskData(
+            loader, lambda: eval_loader(ctx, self.dataset, "train", indices=indices), indices)
         method_log = method.after_task(task, model)
+        method.task_data = None
         if self.keeps_exemplars:
             self._update_memory(task, model)
         record = {"task": task.index, "classes": task.num_seen, **self.evaluate(task, model),
@@ -338,8 +348,8 @@ class IncrementalRun:
         if not self.ctx.dist.is_main:
             return {}
         seen = np.flatnonzero(self.val.labels < task.num_seen)
-        logits, features, labels = extract(model, eval_loader(self.ctx, self.dataset, "val",
-                                                              indices=seen))
+        logits, features, labels = extract(
+            model, eval_loader(self.ctx, self.dataset, "val", indices=seen), self.method.predict)
         result: dict[str, Any] = {}
         linear = accuracy_by_task(logits.argmax(1), labels, task, self.tasks)
         top5 = logits.topk(min(5, task.num_seen), dim=1).indices
@@ -409,7 +419,8 @@ class IncrementalRun:
             summary[f"{name}_new_accuracy"] = [r[name]["new"] for r in self.records]
             summary[f"{name}_avg_incremental_accuracy"] = summarise(step_top1, matrix)[
                 "avg_incremental_accuracy"]
-            if name == self.method.classifier or (name == "linear" and "nme" not in self.records[-1]):
+            own = "nme" if self.method.classifier == "nme" else "linear"  # see predict
+            if name == own or (name == "linear" and "nme" not in self.records[-1]):
                 summary.update(summarise(step_top1, matrix))
                 for key in ("step_top1", "step_top5", "accuracy_matrix", "old_accuracy",
                             "new_accuracy"):
