@@ -120,9 +120,21 @@ def test_imagenet100_argument_errors(tmp_path: Path, tree_factory, images) -> No
 
 
 def test_shipped_lists_are_100_distinct_wnids() -> None:
-    assert named_lists() == ["cmc", "seed1993", "seed1993b", "sorted100"]
+    assert named_lists() == ["cmc", "gcd", "seed1993", "seed1993b", "sorted100"]
     lists = {name: read_class_list(name) for name in named_lists()}
     for name, (list_name, wnids, sha) in lists.items():
         assert list_name == name and len(wnids) == len(set(wnids)) == 100 and len(sha) == 64
     assert not set(lists["seed1993"][1]) & set(lists["seed1993b"][1])  # disjoint by design
     assert lists["sorted100"][1] == sorted(lists["sorted100"][1])
+
+
+def test_the_gcd_list_is_the_category_discovery_papers_recipe() -> None:
+    """GCD (Vaze et al., CVPR 2022) and Happy: np.random.seed(0); choice(1000, 100, replace=
+    False) over the sorted 1000 wnids, then sorted."""
+    import numpy as np
+    from timm.data import ImageNetInfo
+
+    wnids = sorted(ImageNetInfo().label_names())
+    np.random.seed(0)
+    chosen = np.sort(np.random.choice(range(1000), size=(100,), replace=False))
+    assert read_class_list("gcd")[1] == [wnids[i] for i in chosen]

@@ -6,8 +6,8 @@ only *lists* files — cheap and deterministic (sorted); decoding happens once, 
 dataset is packed (``hundred data pack``), where bad files are skipped and reported.
 
 ``imagenet100`` is the same folder restricted to a class list: one of the lists shipped in
-``hundred/data/lists`` (``seed1993``, ``sorted100``, ``cmc``, ``seed1993b``; see their README
-for who uses which) or a path to a text file of wnids, one per line.
+``hundred/data/lists`` (``seed1993``, ``sorted100``, ``cmc``, ``seed1993b``, ``gcd``; see
+docs/data.md for who uses which) or a path to a text file of wnids, one per line.
 """
 
 from __future__ import annotations
