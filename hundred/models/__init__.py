@@ -23,6 +23,7 @@ from torch import nn
 from hundred.errors import HundredError
 from hundred.models.activations import CRReLU, activation_layer
 from hundred.models.backbones import CifarResNet, ConvNet
+from hundred.models.convit import convit_ca, convit_ca_tiny
 from hundred.models.heads import HEADS, CosineHead, LanguageHead, LinearHead
 
 __all__ = ["Classifier", "CosineHead", "CRReLU", "LanguageHead", "LinearHead", "LOCAL_MODELS",
@@ -120,6 +121,10 @@ LOCAL_MODELS: dict[str, tuple[Callable[..., nn.Module], str]] = {
     "convnet_d3": (lambda **kw: ConvNet(depth=3, **kw), "ConvNet-D3 (width 128, instance norm)"),
     "convnet_d4": (lambda **kw: ConvNet(depth=4, **kw), "ConvNet-D4 (width 128, instance norm)"),
     "vit_tiny_p4_32": (_vit_32, "small ViT for 32 px: patch 4, width 192, depth 9"),
+    "convit_ca": (convit_ca,
+                  "GCAB/DyTox ConViT: patch 4, width 384, 5 GPSA + 1 class-attention block"),
+    "convit_ca_tiny": (convit_ca_tiny,
+                       "CPU-sized ConViT: patch 4, width 64, 2 GPSA + 1 class-attention block"),
 }
 
 
