@@ -17,7 +17,10 @@ TRACK = Track(
         metrics=(Metric("avg_incremental_accuracy", "avg incremental acc"),
                  Metric("last_accuracy", "last acc"),
                  Metric("avg_forgetting", "avg forgetting", higher_is_better=False),
-                 Metric("nme_avg_incremental_accuracy", "NME avg incremental acc")),
+                 Metric("nme_avg_incremental_accuracy", "NME avg incremental acc"),
+                 # C-GCD runs (CGCD-* scenarios): clustering accuracy after the last stage
+                 Metric("cgcd_last_old", "last old (C-GCD)"),
+                 Metric("cgcd_last_new", "last new (C-GCD)")),
         required=("avg_incremental_accuracy", "last_accuracy"),
         always_shown=("protocol",),
         terminal_hidden=("NME avg incremental acc",),
@@ -30,7 +33,8 @@ TRACK = Track(
             figure_names=("accuracy_curve", "accuracy_matrix"))),
     shortcuts=(
         Shortcut("scenario", "incremental.scenario",
-                 help="class-incremental split, e.g. B0-Inc10, B50-Inc10"),
+                 help="class-incremental split, e.g. B0-Inc10, B50-Inc10; or continual "
+                      "category discovery, CGCD-<known>-<stages>x<new>, e.g. CGCD-50-5x10"),
         Shortcut("memory", "incremental.memory", int,
                  help="exemplars in total (0: exemplar-free)"),
     ),
