@@ -31,6 +31,7 @@ from safetensors.torch import save as save_safetensors
 from hundred.config import RunConfig, with_values
 from hundred.data import ArraySplit, Dataset
 from hundred.engine.checkpoint import strip_prefix
+from hundred.engine.init import init_backbone_weights
 from hundred.engine.run import (RunContext, eval_loader, finish_run, image_size, load_data,
                                 running, train_loader)
 from hundred.engine.trainer import Trainer
@@ -168,8 +169,10 @@ def accuracy_by_task(predictions: torch.Tensor, labels: torch.Tensor, task: Task
 class IncrementalRun:
     """One class-incremental run: the tasks, the memory and the per-task records."""
 
-    def __init__(self, ctx: RunContext, method: IncrementalMethod, dataset: Dataset) -> None:
+    def __init__(self, ctx: RunContext, method: IncrementalMethod, dataset: Dataset,
+                 init_weights: dict[str, torch.Tensor] | None = None) -> None:
         self.ctx, self.config, self.method = ctx, ctx.config, method
+        self.init_weights = init_weights  # incremental.init's backbone, for a fresh first task
         inc = self.config.incremental
         self.order = class_order(dataset.num_classes, inc)
         self.dataset = relabelled(dataset, self.order)
@@ -294,6 +297,8 @@ class IncrementalRun:
         old_model = None
         if self.model is None:
             self.model = self._new_model(task.num_seen)
+            if self.init_weights is not None:  # (a restored task boundary has its own)
+                self.model.backbone.load_state_dict(self.init_weights, strict=True)
         else:
             if method.keeps_old_model:
                 old_model = copy.deepcopy(self.model).eval().requires_grad_(False)
@@ -429,12 +434,32 @@ class IncrementalRun:
         return summary
 
 
+def initial_backbone(config: RunConfig, dataset: Dataset, resume_dir: Path | None
+                     ) -> dict[str, torch.Tensor] | None:
+    """The backbone weights of ``incremental.init`` (checked before the run writes
+    anything), or None: none given, or a resumed run that finished its first task (its task
+    boundaries hold its weights; a first task killed midway loads them, then its checkpoint
+    over them)."""
+    init = config.incremental.init
+    if init is None or (resume_dir is not None and
+                        (resume_dir / "tasks" / "task-00" / "done.json").is_file()):
+        return None
+    return init_backbone_weights(Path(init), config, image_size(config, dataset))
+
+
 def run(config: RunConfig, method: IncrementalMethod, resume_dir: Path | None = None
         ) -> dict[str, Any]:
-    """Run ``method`` through the class-incremental scenario; returns the summary."""
+    """Run ``method`` through the class-incremental scenario (or, for a ``CGCD-*`` scenario,
+    the continual category-discovery one of :mod:`.discovery`); returns the summary."""
+    from hundred.tracks.incremental import discovery
+
+    discovery.check_pairing(type(method), config.incremental)  # before anything is written
+    if discovery.is_discovery(config.incremental.scenario):
+        return discovery.run(config, method, resume_dir)
     check_exemplars(type(method), config.incremental)  # before the run writes anything
+    dataset = load_data(config)
+    init_weights = initial_backbone(config, dataset, resume_dir)
     with running(config, resume_dir) as ctx:
-        dataset = load_data(config)
-        summary = IncrementalRun(ctx, method, dataset).run()
+        summary = IncrementalRun(ctx, method, dataset, init_weights).run()
         title = f"incremental/{config.method}, {config.incremental.scenario} on {dataset.name}"
         return finish_run(ctx, summary, title, dataset)
