@@ -148,11 +148,15 @@ class OptimConfig(StrictModel):
 
 
 class ScheduleConfig(StrictModel):
-    name: Literal["cosine", "step", "constant"] = "cosine"
+    name: Literal["cosine", "step", "constant", "linear"] = Field(
+        "cosine", description="after the warm-up: cosine to min_lr_ratio, step decay, "
+        "constant, or linear to min_lr_ratio reached at the last step (with a warm-up: a "
+        "triangle, e.g. the slow-start, fast-decay schedule of adversarial fine-tuning)")
     warmup_epochs: float = Field(0.0, ge=0)
     milestones: list[int] = Field(default_factory=list, description="epochs, for 'step'")
     gamma: float = Field(0.1, gt=0, le=1, description="decay factor, for 'step'")
-    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="cosine floor as a fraction of lr")
+    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="cosine/linear floor as a "
+                                "fraction of lr")
 
 
 class TrainConfig(StrictModel):

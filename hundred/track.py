@@ -142,6 +142,13 @@ class ReportSpec:
         return self.metrics[0]
 
 
+# What ``hundred attack RUN_DIR`` (the robust track's command) adds to a classifier's summary:
+# the robust accuracy of the latest run of each attack, and its threat model in words (every
+# run of it, with the whole threat model, is in the summary's ``attacks`` list). Tracks whose
+# runs it may attack list these in their report spec.
+ATTACK_METRICS = (Metric("pgd_top1", "PGD top-1"), Metric("autoattack_top1", "AutoAttack top-1"))
+ATTACK_DESCRIPTORS = ("pgd_threat", "autoattack_threat")
+
 # Validation accuracy: the report of plain classification, and of summaries whose track is
 # not installed here.
 ACCURACY_REPORT = ReportSpec(

@@ -78,9 +78,34 @@ def init_backbone_weights(run_dir: Path, config: RunConfig, image_size: int
     images reach the model at ``image_size`` pixels, checked before anything is written: the
     two runs' architectures (``model.name`` and ``model.options``) must be equal, and the
     weights must fit this run's backbone exactly (every key, no extra one, equal shapes)."""
+    return _fitting_backbone(load_finished_run(run_dir, "init"), config, image_size)
+
+
+def init_model_weights(run_dir: Path, config: RunConfig, image_size: int, num_classes: int,
+                       data_name: str) -> tuple[dict[str, torch.Tensor], bool]:
+    """The weights a run of ``config`` on ``data_name`` (``num_classes`` classes) starts from
+    when it continues training the finished run ``run_dir`` (e.g. adversarial fine-tuning of
+    a pre-trained model): the whole classifier (``backbone.*`` and ``head.*``, second value
+    True) when that run was trained on the same data and classes, else its backbone alone
+    (``backbone.*``, False: the caller builds a new head). Checked like
+    :func:`init_backbone_weights` before anything is written."""
+    found = load_finished_run(run_dir, "init")
+    backbone = _fitting_backbone(found, config, image_size)
+    weights = {f"backbone.{key}": value for key, value in backbone.items()}
+    head = strip_prefix(found.weights, "head.")
+    same_task = (found.summary.get("data") == data_name
+                 and found.summary.get("classes") == num_classes)
+    if same_task and head:
+        weights.update({f"head.{key}": value for key, value in head.items()})
+    return weights, same_task and bool(head)
+
+
+def _fitting_backbone(found: FinishedRun, config: RunConfig, image_size: int
+                      ) -> dict[str, torch.Tensor]:
+    """The backbone weights of ``found``, checked against a run of ``config``."""
     from hundred.models import create_backbone
 
-    found = load_finished_run(run_dir, "init")
+    run_dir = found.run_dir
     theirs, ours = architecture(found.config.model), architecture(config.model)
     if (found.config.model.name, found.config.model.options) != (config.model.name,
                                                                  config.model.options):
@@ -105,3 +130,10 @@ def init_backbone_weights(run_dir: Path, config: RunConfig, image_size: int
         raise HundredError(f"init {run_dir}: its backbone weights do not fit this run's "
                            f"{ours} at {image_size} px ({'; '.join(problems)})")
     return weights
+
+
+def resumes_from_checkpoint(resume_dir: Path | None) -> bool:
+    """Whether a resumed run wrote a checkpoint (which then holds its weights, so it does not
+    read its init run again)."""
+    return resume_dir is not None and any(
+        (resume_dir / "checkpoints").glob("epoch-*.safetensors"))

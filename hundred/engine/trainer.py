@@ -75,8 +75,9 @@ def lr_factor(step: int, steps_per_epoch: int, epochs: int, config: ScheduleConf
     """Multiplier of the base learning rate at optimiser step ``step`` (0-based).
 
     Linear warm-up over ``warmup_epochs``, then cosine to ``min_lr_ratio``, step decay by
-    ``gamma`` at each milestone epoch, or constant. Being a pure function of the step, the
-    schedule needs no state of its own to resume.
+    ``gamma`` at each milestone epoch, constant, or linear to ``min_lr_ratio``, which it
+    reaches exactly at the last step. Being a pure function of the step, the schedule needs
+    no state of its own to resume.
     """
     total = epochs * steps_per_epoch
     warmup = int(round(config.warmup_epochs * steps_per_epoch))
@@ -87,8 +88,14 @@ def lr_factor(step: int, steps_per_epoch: int, epochs: int, config: ScheduleConf
     if config.name == "step":
         epoch = step // steps_per_epoch
         return config.gamma ** sum(epoch >= m for m in config.milestones)
-    progress = (step - warmup) / max(1, total - warmup)
     floor = config.min_lr_ratio
+    if config.name == "linear":
+        # the warm-up's last step is the peak (factor 1), so the decay starts one step after
+        # it; without a warm-up the first step is the peak
+        peak = warmup - 1 if warmup else 0
+        progress = (step - peak) / max(1, total - 1 - peak)
+        return floor + (1 - floor) * (1 - min(1.0, progress))
+    progress = (step - warmup) / max(1, total - warmup)
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 

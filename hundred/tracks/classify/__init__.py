@@ -1,7 +1,8 @@
 """Supervised classification: one training phase on the train split, evaluated on val; the
 track of plain training, distillation from a teacher and training-signal regularisers."""
 
-from hundred.track import Metric, ReportSpec, Shortcut, Track
+from hundred.track import (ATTACK_DESCRIPTORS, ATTACK_METRICS, Metric, ReportSpec, Shortcut,
+                           Track)
 from hundred.tracks.classify.config import ClassifyConfig
 
 TRACK = Track(
@@ -15,8 +16,10 @@ TRACK = Track(
     report=ReportSpec(
         metrics=(Metric("val_top1", "top-1"), Metric("val_top5", "top-5"),
                  Metric("val_ece", "ECE", higher_is_better=False),
-                 Metric("val_loss", "NLL", higher_is_better=False)),
-        required=("val_top1",), always_shown=("model", "teacher"), descriptors=("teacher",)),
+                 Metric("val_loss", "NLL", higher_is_better=False),
+                 *ATTACK_METRICS),  # hundred attack RUN_DIR (the robust track's command)
+        required=("val_top1",), always_shown=("model", "teacher", *ATTACK_DESCRIPTORS),
+        descriptors=("teacher", *ATTACK_DESCRIPTORS)),
     shortcuts=(Shortcut("teacher", "classify.teacher",
                         help="teacher of distillation methods: RUN_DIR or timm:NAME:PATH"),
                Shortcut("init", "classify.init",

@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 from typing import Any, Mapping
 
-from hundred.config import RunConfig, with_values
+from hundred.config import RunConfig
 from hundred.errors import HundredError
 from hundred.track import Track
 
@@ -25,8 +25,7 @@ def phase_teacher(track: Track, methods: Mapping[str, type], config: RunConfig, 
                   console: Any) -> dict[str, list[str]]:
     """``{method: ["classify.teacher=<run dir>"]}`` for each method of the phase that distils
     a teacher, after training (or reusing) that phase's teacher; nothing for the others."""
-    from hundred.engine.run import settings_digest
-    from hundred.protocol.tune import _captured, slug
+    from hundred.protocol.phase import phase_run
 
     distilling = [name for name, cls in methods.items() if getattr(cls, "needs_teacher", False)]
     if not distilling:
@@ -36,29 +35,8 @@ def phase_teacher(track: Track, methods: Mapping[str, type], config: RunConfig, 
             "hundred check trains one teacher per phase (tuning and evaluation use different "
             "classes, so no single teacher fits both): drop --teacher / classify.teacher and "
             "choose the teachers' architecture with --set classify.teacher_model=NAME")
-    teacher = with_values(config, {"method": "erm", "method_params": {},
-                                   "model.name": config.classify.teacher_model,
-                                   "model.options": {}, "seed": 0}, "phase teacher")
-    name = f"teacher-{slug(teacher.data.label)}-{settings_digest(teacher)[:8]}"
-    teacher = with_values(teacher, {"name": name, "root": str(out / "teachers"),
-                                    "quiet": True}, "phase teacher")
-    run_dir = out / "teachers" / track.name / "erm" / name
-    if (run_dir / "summary.json").is_file():
-        console.print(f"[teacher] {teacher.model.name} on {teacher.data.label}: already done "
-                      f"({run_dir})", highlight=False, markup=False)
-    else:
-        resume = run_dir if (run_dir / "config.yaml").is_file() else None
-        console.print(f"[teacher] training {teacher.model.name} on {teacher.data.label} "
-                      f"({teacher.train.epochs} epochs) for the distillation methods",
-                      highlight=False, markup=False)
-        with _captured(True) as output:  # kept in the teacher's console.log, like a trial's
-            try:
-                summary = track.run(teacher, resume)
-            finally:
-                if output is not None and run_dir.is_dir():
-                    with open(run_dir / "console.log", "a", encoding="utf-8") as handle:
-                        handle.write(output.getvalue())
-        console.print(f"[teacher] {teacher.model.name} on {teacher.data.label}: "
-                      f"{track.primary.key} {summary[track.primary.key]:.2f} ({run_dir})",
-                      highlight=False, markup=False)
+    run_dir = phase_run(track, config, {"method": "erm", "method_params": {},
+                                        "model.name": config.classify.teacher_model,
+                                        "model.options": {}, "seed": 0},
+                        "teacher", "teachers", out, console, "for the distillation methods")
     return {name: [f"classify.teacher={json.dumps(str(run_dir))}"] for name in distilling}

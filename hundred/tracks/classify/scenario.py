@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from hundred.config import RunConfig
-from hundred.engine.init import init_backbone_weights
+from hundred.engine.init import init_backbone_weights, resumes_from_checkpoint
 from hundred.engine.run import eval_loader, finish_run, image_size, load_data, running
 from hundred.engine.trainer import Trainer
 from hundred.models import Classifier, create
@@ -25,7 +25,7 @@ def run(config: RunConfig, method: ClassifyMethod, resume_dir: Path | None = Non
     size = image_size(config, dataset)
     method.prepare(config, dataset, size)
     init_weights = None
-    if config.classify.init is not None and not _has_checkpoint(resume_dir):
+    if config.classify.init is not None and not resumes_from_checkpoint(resume_dir):
         init_weights = init_backbone_weights(Path(config.classify.init), config, size)
     with running(config, resume_dir) as ctx:
         model = create(config.model.name, dataset.num_classes, head=config.model.head,
@@ -51,12 +51,6 @@ def run(config: RunConfig, method: ClassifyMethod, resume_dir: Path | None = Non
         }
         return finish_run(ctx, summary, title=f"{config.track}/{config.method} on {dataset.name}",
                           dataset=dataset)
-
-
-def _has_checkpoint(resume_dir: Path | None) -> bool:
-    """Whether the resumed run wrote a checkpoint (which then holds its weights)."""
-    return resume_dir is not None and any(
-        (resume_dir / "checkpoints").glob("epoch-*.safetensors"))
 
 
 def freeze_backbone(model: Classifier) -> None:

@@ -1,0 +1,64 @@
+"""The robust track's own commands, added to ``hundred`` by the core CLI through
+``Track.commands``: ``hundred attack RUN_DIR`` (robust accuracy of a finished classifier run
+on its held-out split, written into its summary) and, when the poisoning module is there,
+``hundred data poison``."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+from typing import Any
+
+
+def add_commands(commands: Any, data_commands: Any) -> None:
+    """Add ``hundred attack`` (and ``hundred data poison``) to the sub-parser groups."""
+    _add_attack(commands)
+    if importlib.util.find_spec("hundred.tracks.robust.poison") is not None:
+        from hundred.tracks.robust.poison import add_poison_command
+
+        add_poison_command(data_commands)
+
+
+def _add_attack(commands: Any) -> None:
+    parser = commands.add_parser(
+        "attack", help="attack a finished classifier run on its held-out split and write the "
+        "robust accuracy into its summary (hundred report shows it)",
+        description="Robust top-1 of RUN_DIR's model (any classification-style track: "
+        "classify, robust) on the val split of its data under a threat model with eps in "
+        "pixel units. The result joins the summary's 'attacks' list with its threat model; "
+        "<attack>_top1 and <attack>_threat hold the latest one. Bad input writes nothing.")
+    parser.add_argument("run_dir", help="a finished run directory (config.yaml, summary.json, "
+                        "checkpoints/)")
+    parser.add_argument("--attack", default="pgd", help="attack name: pgd, autoattack (the "
+                        "standard version) or a plugged-in one (default pgd)")
+    parser.add_argument("--eps", help="budget in pixel units, e.g. 8/255 (default: the run's "
+                        "robust.eps; required for runs of other tracks)")
+    parser.add_argument("--norm", choices=("linf", "l2"),
+                        help="threat model norm (default: the run's robust.norm, else linf)")
+    parser.add_argument("--steps", type=int, default=20, help="PGD steps (default 20)")
+    parser.add_argument("--step-size", help="PGD step in pixel units, e.g. 2/255 (default "
+                        "eps/4)")
+    parser.add_argument("--restarts", type=int, default=1, help="PGD random restarts")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random starts")
+    parser.add_argument("--limit", type=int, help="attack only the first N images")
+    parser.add_argument("--batch-size", type=int, help="images per batch (default: the "
+                        "run's data.eval_batch_size)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    parser.set_defaults(func=_cmd_attack)
+
+
+def _cmd_attack(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from hundred.tracks.robust.evaluate import AttackRequest, attack_run
+
+    request = AttackRequest(attack=args.attack, eps=args.eps, norm=args.norm, steps=args.steps,
+                            step_size=args.step_size, restarts=args.restarts, seed=args.seed,
+                            limit=args.limit, batch_size=args.batch_size, device=args.device)
+    entry = attack_run(Path(args.run_dir), request)
+    Console().print(f"{args.run_dir}: {entry['attack']} at {entry['norm']} "
+                    f"{entry['eps_label']}: robust top-1 {entry['robust_top1']:.2f} "
+                    f"(clean {entry['clean_top1']:.2f}, {entry['images']} images)",
+                    highlight=False, soft_wrap=True)

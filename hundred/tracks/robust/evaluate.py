@@ -1,0 +1,137 @@
+"""``hundred attack RUN_DIR``: robust accuracy of a finished classifier run, afterwards.
+
+The run may be of any classification-style track (classify, robust: a summary with
+``classes``, a model config, a checkpoint). Its weights are read with
+:func:`hundred.engine.init.load_finished_run` (safetensors; never a pickle), its data is
+loaded from its own config, and its held-out split (val) is attacked. Everything is checked
+before anything is written — an ε outside [0, 1], an unknown attack, a directory without
+weights each give one clear error and leave the summary as it was. The result is appended to
+the summary's ``attacks`` list (the threat model with the number), and ``<attack>_top1`` /
+``<attack>_threat`` hold the latest one, which reports show; the summary is rewritten
+atomically, keeping everything else in it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hundred.errors import HundredError
+from hundred.tracks.robust.config import parse_eps
+
+SUMMARY = "summary.json"
+
+
+@dataclass(frozen=True)
+class AttackRequest:
+    """What ``hundred attack`` was asked for (``eps``/``step_size`` as numbers or fractions
+    such as ``"8/255"``; ``eps``/``norm`` None: the run's own ``robust:`` settings)."""
+
+    attack: str = "pgd"
+    eps: str | float | None = None
+    norm: str | None = None
+    steps: int = 20
+    step_size: str | float | None = None
+    restarts: int = 1
+    seed: int = 0
+    limit: int | None = None
+    batch_size: int | None = None
+    device: str = "auto"
+
+
+def _number(value: Any, what: str) -> float:
+    try:
+        return parse_eps(value, what)
+    except ValueError as error:
+        raise HundredError(str(error)) from None
+
+
+def attack_run(run_dir: Path, request: AttackRequest) -> dict[str, Any]:
+    """Attack ``run_dir``'s model on its val split and record the result in its summary;
+    returns the ``attacks`` entry written."""
+    from hundred.data.loader import BatchLoader
+    from hundred.engine.init import load_finished_run
+    from hundred.engine.run import image_size, load_data
+    from hundred.engine.trainer import resolve_device
+    from hundred.models import create
+    from hundred.tracks.robust.attacks import ThreatModel, attack_spec, robust_accuracy
+    from hundred.tracks.robust.scenario import attack_label
+
+    attack_spec(request.attack)
+    for value, what in ((request.steps, "--steps"), (request.restarts, "--restarts"),
+                        (request.limit, "--limit"), (request.batch_size, "--batch-size")):
+        if value is not None and value < 1:
+            raise HundredError(f"{what} must be >= 1, got {value}")
+    if request.seed < 0:
+        raise HundredError(f"--seed must be >= 0, got {request.seed}")
+    if request.eps is not None:  # checked before the run is read: a bad budget is bad input
+        _number(request.eps, "--eps")
+    found = load_finished_run(run_dir, "attack")
+    config, summary = found.config, found.summary
+    robust = getattr(config, "robust", None)
+    if request.eps is None and robust is None:
+        raise HundredError(f"{run_dir} is a {config.track} run: give the budget, e.g. --eps "
+                           "8/255")
+    eps = _number(request.eps if request.eps is not None else robust.eps, "--eps")
+    norm = request.norm or (robust.norm if robust is not None else "linf")
+    step = None if request.step_size is None else _number(request.step_size, "--step-size")
+    if step == 0:
+        raise HundredError("--step-size must be above 0")
+    threat = ThreatModel(norm=norm, eps=eps, steps=request.steps, step_size=step,
+                         restarts=request.restarts, random_start=True)
+    classes = summary.get("classes")
+    if isinstance(classes, bool) or not isinstance(classes, int):
+        raise HundredError(f"{run_dir} is not a classifier run (its summary has no "
+                           "'classes'): hundred attack needs a classify or robust run")
+    dataset = load_data(config)
+    if dataset.num_classes != classes:
+        raise HundredError(f"{run_dir} was trained on {classes} classes, but its data "
+                           f"{dataset.name} now has {dataset.num_classes}")
+    size = image_size(config, dataset)
+    model = create(config.model.name, classes, head=config.model.head, img_size=size,
+                   **config.model.options)
+    try:
+        model.load_state_dict(found.weights)
+    except (RuntimeError, TypeError) as error:
+        raise HundredError(f"the weights of {run_dir} do not fit its model "
+                           f"({str(error).splitlines()[0][:300]})") from None
+    device = resolve_device(request.device)
+    model.to(device)
+    data = config.data
+    batches = BatchLoader(dataset.arrays("val"), batch_size=request.batch_size or
+                          data.eval_batch_size, shuffle=False, drop_last=False, seed=0,
+                          device=device, train=False, out_size=data.image_size,
+                          mean=data.mean, std=data.std)
+    result = robust_accuracy(model, batches, data.mean, data.std, request.attack, threat,
+                             classes, seed=request.seed, limit=request.limit, device=device)
+    entry = {**result, "split": "val", "source": "hundred attack",
+             "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    _record(run_dir / SUMMARY, entry, f"{_label(threat)}, {attack_label(request.attack, threat)}")
+    return entry
+
+
+def _label(threat: Any) -> str:
+    from hundred.tracks.robust.config import eps_label
+
+    return f"{'Linf' if threat.norm == 'linf' else 'L2'} {eps_label(threat.eps)}"
+
+
+def _record(path: Path, entry: dict[str, Any], threat: str) -> None:
+    """Append ``entry`` to the summary's ``attacks`` (read again now, so nothing written in
+    the meantime is lost) and set ``<attack>_top1`` / ``<attack>_threat``; atomic."""
+    from hundred.io import write_json
+
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise HundredError(f"{path} is unreadable ({error})") from None
+    attacks = summary.get("attacks") or []
+    if not isinstance(attacks, list):
+        raise HundredError(f"{path}: 'attacks' is not a list; left as it is")
+    summary["attacks"] = [*attacks, entry]
+    summary[f"{entry['attack']}_top1"] = entry["robust_top1"]
+    summary[f"{entry['attack']}_threat"] = threat
+    write_json(path, summary)

@@ -1,0 +1,1 @@
+"""Methods of the robust track, one file each."""
