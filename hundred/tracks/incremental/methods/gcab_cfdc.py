@@ -69,6 +69,9 @@ class GCABParams(BaseModel):
         "official code); ce: softmax cross-entropy")
     freeze_norms: bool = Field(True, description="freeze the backbone's LayerNorms after the "
                                "first task (the official code)")
+    compensate: bool = Field(True, description="at inference, old tasks' tokens attend to the "
+                             "drift-compensated tokens (CFDC); false: to the current backbone's "
+                             "tokens (GCAB alone, the paper's ablation)")
 
 
 class GateEmbeddings(nn.Module):
@@ -341,7 +344,7 @@ class GCABCFDC(IncrementalMethod):
         the drift-compensated tokens; the current task's token as the features."""
         net = unwrap(model)
         return self.scores(net, net.backbone.patch_tokens(images), self.params.s_max,
-                           compensate=True)
+                           compensate=self.params.compensate)
 
     def state_dict(self) -> dict[str, Any]:
         return {"task_sizes": list(self.task_sizes),
