@@ -9,7 +9,6 @@ with the (checkpointed) torch RNG, so a resumed run draws what the uninterrupted
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -19,6 +18,7 @@ from torch import nn
 
 from hundred.data import ArraySplit, Dataset
 from hundred.errors import HundredError
+from hundred.report.grid import save_grid  # noqa: F401  (re-exported: moved to the core)
 
 
 def normaliser(mean: Sequence[float], std: Sequence[float], device: torch.device
@@ -173,32 +173,3 @@ def as_dataset(synthetic: SyntheticSet, source: Dataset, mean: torch.Tensor, std
     return Dataset(name=name, class_ids=list(source.class_ids),
                    class_names=list(source.class_names), splits=splits,
                    info={"condensed_from": source.name, "ipc": synthetic.ipc})
-
-
-def save_grid(images: np.ndarray, labels: np.ndarray, path: Path, max_per_class: int = 10,
-              max_classes: int = 20) -> None:
-    """A PNG grid of NHWC uint8 ``images``: one row per class (the first ``max_classes``),
-    up to ``max_per_class`` images each; written atomically."""
-    from PIL import Image
-
-    from hundred.io import atomic_open
-
-    classes = sorted(set(int(label) for label in labels))[:max_classes]
-    rows = [images[labels == label][:max_per_class] for label in classes]
-    columns = max(len(row) for row in rows)
-    height, width = images.shape[1:3]
-    pad = 1
-    canvas = np.full((len(rows) * (height + pad) + pad, columns * (width + pad) + pad, 3), 255,
-                     dtype=np.uint8)
-    for r, row in enumerate(rows):
-        for c, image in enumerate(row):
-            top, left = pad + r * (height + pad), pad + c * (width + pad)
-            canvas[top:top + height, left:left + width] = image
-    scale = max(1, 64 // height)
-    picture = Image.fromarray(canvas)
-    if scale > 1:
-        picture = picture.resize((canvas.shape[1] * scale, canvas.shape[0] * scale),
-                                 Image.NEAREST)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_open(path, "wb") as handle:
-        picture.save(handle, format="PNG")

@@ -3,8 +3,8 @@ attack the held-out split under a stated threat model (norm, ε in pixel units, 
 step size, restarts); robust top-1 is the primary metric, clean top-1 is reported with it.
 ``hundred attack RUN_DIR`` attacks any finished classifier run afterwards."""
 
-from hundred.track import (ATTACK_DESCRIPTORS, ATTACK_METRICS, Metric, ReportSpec, Shortcut,
-                           Track)
+from hundred.track import (ATTACK_DESCRIPTORS, ATTACK_METRICS, Metric, ReportSpec, RunImage,
+                           Shortcut, Track)
 from hundred.tracks.robust.config import RobustConfig
 
 TRACK = Track(
@@ -20,7 +20,9 @@ TRACK = Track(
                  *ATTACK_METRICS),
         required=("robust_top1", "val_top1"),
         always_shown=("model", "threat_model", "eval_attack", *ATTACK_DESCRIPTORS),
-        descriptors=("threat_model", "eval_attack", *ATTACK_DESCRIPTORS)),
+        descriptors=("threat_model", "eval_attack", *ATTACK_DESCRIPTORS),
+        images=(RunImage("samples.png", "samples drawn from the model (dat: PGD lowering "
+                         "its energy from noise seeds, one row per class)"),)),
     shortcuts=(Shortcut("eps", "robust.eps",
                         help="perturbation budget in pixel units, e.g. 8/255"),
                Shortcut("norm", "robust.norm", help="threat model norm: linf or l2"),

@@ -16,7 +16,8 @@ pixel-space wrapper, :mod:`hundred.tracks.robust.attacks`) under the run's threa
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar, Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -57,6 +58,13 @@ class RobustMethod(Method):
         from hundred.engine.run import train_loader
 
         return train_loader(ctx, dataset, views=self.views)
+
+    def save_pictures(self, model: nn.Module, run_dir: Path, num_classes: int,
+                      image_size: int) -> dict[str, Any]:
+        """After training and the attacks (rank 0): write pictures of ``model`` into
+        ``run_dir`` for the report (e.g. dat's samples, ``ReportSpec.images``); returns
+        what the summary records of them. Nothing by default."""
+        return {}
 
 
 class AttackModeParams(BaseModel):

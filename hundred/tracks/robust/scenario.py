@@ -8,6 +8,9 @@ into the summary's ``attacks`` list with its threat model (attack, norm, ε, ste
 restarts, random start, seed, images, torchattacks version), and the summary's
 ``threat_model`` (``Linf 8/255``) and ``eval_attack`` (``pgd-20, step 2/255``) name it in
 reports.
+
+A method's ``save_pictures`` hook (dat: samples drawn from the model) writes its pictures
+into the run directory after the attacks; what it returns joins the summary.
 """
 
 from __future__ import annotations
@@ -87,6 +90,9 @@ def run(config: RunConfig, method: RobustMethod, resume_dir: Path | None = None
         result = trainer.fit()
         evaluated = trainer.ema.module if trainer.ema is not None else model
         attacks = evaluate_attacks(ctx, evaluated, dataset) if ctx.dist.is_main else []
+        # pictures of the model for the report (dat: samples.png, ReportSpec.images)
+        pictures = (method.save_pictures(evaluated, ctx.run_dir, dataset.num_classes, size)
+                    if ctx.dist.is_main else {})
         threat = evaluation_threat(config)
         summary = {
             "data": dataset.name, "model": config.model.name, "classes": dataset.num_classes,
@@ -103,6 +109,7 @@ def run(config: RunConfig, method: RobustMethod, resume_dir: Path | None = None
             "attacks": attacks,
             "train_seconds": round(result.train_seconds, 2),
             "images_per_s": round(result.images_per_second, 1),
+            **pictures,
         }
         return finish_run(ctx, summary, title=f"{config.track}/{config.method} on {dataset.name}",
                           dataset=dataset)
