@@ -52,7 +52,7 @@ def test_bad_keys_are_named(key, words):
 
 
 @pytest.mark.parametrize("key, value", [
-    ("optim.lr", -0.1), ("train.epochs", 0), ("schedule.name", "linear"),
+    ("optim.lr", -0.1), ("train.epochs", 0), ("schedule.name", "exponential"),
     ("method_params.temperature", 0.0), ("data.batch_size", "big"), ("schedule.gamma", 2.0),
 ])
 def test_bad_values_are_named(key, value):
