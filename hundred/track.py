@@ -142,7 +142,7 @@ class ReportSpec:
         return self.metrics[0]
 
 
-# What ``hundred attack RUN_DIR`` (the robust track's command) adds to a classifier's summary:
+# What ``hundred attack RUN_DIR`` (a track's own command) adds to a classifier's summary:
 # the robust accuracy of the latest run of each attack, and its threat model in words (every
 # run of it, with the whole threat model, is in the summary's ``attacks`` list). Tracks whose
 # runs it may attack list these in their report spec.

@@ -1,7 +1,6 @@
 """Runs that a phase of ``hundred check`` needs before its own: a model trained on that
-phase's data, which the phase's runs then start from (classify: the teacher of the
-distillation methods; robust: the pre-trained model that adversarial fine-tuning starts
-from).
+phase's data, which the phase's runs then start from (e.g. the teacher of distillation
+methods, or the pre-trained model a fine-tuning method starts from).
 
 The protocol tunes on one class half and evaluates on the other, so such a run cannot serve
 both phases: each phase trains its own, once, with the phase's base settings (none of them

@@ -1,6 +1,6 @@
-"""Image grids that runs write into their directories (``ReportSpec.images``): the condense
-track's learned set, the robust track's samples drawn from a model. Reports copy them next
-to their tables (:func:`hundred.report.plots.run_image`)."""
+"""Image grids that runs write into their directories (``ReportSpec.images``), e.g. a
+learned synthetic set or samples drawn from a model. Reports copy them next to their
+tables (:func:`hundred.report.plots.run_image`)."""
 
 from __future__ import annotations
 
