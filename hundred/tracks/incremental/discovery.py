@@ -32,17 +32,13 @@ each stage's epochs checkpointed by the engine).
 from __future__ import annotations
 
 import copy
-import json
 import re
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 import torch
-from safetensors.torch import load as load_safetensors
-from safetensors.torch import save as save_safetensors
 
 from hundred.config import RunConfig, with_values
 from hundred.data import Dataset
@@ -51,16 +47,16 @@ from hundred.engine.run import (RunContext, eval_loader, finish_run, image_size,
                                 running, train_loader)
 from hundred.engine.trainer import Trainer
 from hundred.errors import HundredError
-from hundred.io import atomic_open, write_json
 from hundred.models import Classifier, create
 from hundred.tracks.incremental.clustering import cluster_to_class
 from hundred.tracks.incremental.config import IncrementalConfig
 from hundred.tracks.incremental.discovery_method import UNLABELLED, DiscoveryMethod
 from hundred.tracks.incremental.method import IncrementalMethod, Task, TaskData
 from hundred.tracks.incremental.metrics import matrix_to_json, summarise
-from hundred.tracks.incremental.scenario import (EXEMPLAR_FREE, METHOD_STATE, build_tasks,
+from hundred.tracks.incremental.scenario import (EXEMPLAR_FREE, build_tasks,
                                                  class_order, extract, initial_backbone,
-                                                 relabelled, task_config)
+                                                 read_boundary, relabelled, task_config,
+                                                 write_boundary)
 
 SCENARIO = re.compile(r"CGCD-(\d+)-(\d+)x(\d+)")
 
@@ -277,15 +273,7 @@ class DiscoveryRun:
                   "train_images": int(len(indices)), "old_images": stage.old_images,
                   "cgcd": self.evaluate(task, model), "method_log": method_log}
         if ctx.dist.is_main:
-            weights = {**model.state_dict(),
-                       **{f"method.{k}": v for k, v in method.checkpointed().state_dict().items()}}
-            with atomic_open(task_dir / "final.safetensors", "wb") as handle:
-                handle.write(save_safetensors({k: v.detach().cpu().contiguous()
-                                               for k, v in weights.items()}))
-            with atomic_open(task_dir / METHOD_STATE, "wb") as handle:
-                torch.save(method.state_dict(), handle)
-            write_json(task_dir / "done.json", record)
-            shutil.rmtree(task_dir / "checkpoints", ignore_errors=True)
+            write_boundary(task_dir, model, method, record)
         return record
 
     def evaluate(self, task: Task, model: Classifier) -> dict[str, Any]:
@@ -307,17 +295,10 @@ class DiscoveryRun:
             if not (task_dir / "done.json").is_file():
                 break
             try:
-                record = json.loads((task_dir / "done.json").read_text())
-                if not isinstance(record, dict) or "cgcd" not in record:
-                    raise ValueError("it lacks the stage's accuracies")
-                weights = load_safetensors((task_dir / "final.safetensors").read_bytes())
-                state_file = task_dir / METHOD_STATE
-                state = (torch.load(state_file, map_location="cpu", weights_only=True)
-                         if state_file.is_file() else None)
-            except Exception as error:  # a damaged boundary: resume from the one before
+                record, weights, state = read_boundary(task_dir, ("cgcd",))
+            except ValueError as error:  # a damaged boundary: resume from the one before
                 where = f"after stage {last.index}" if last else "from stage 0"
-                self.ctx.console.print(f"warning: {task_dir} is unreadable "
-                                       f"({str(error)[:200]}); resuming {where}")
+                self.ctx.console.print(f"warning: {error}; resuming {where}")
                 break
             self.records.append(record)
             last = task

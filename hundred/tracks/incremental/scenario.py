@@ -26,12 +26,14 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from torch import nn
 from safetensors.torch import save as save_safetensors
 
 from hundred.config import RunConfig, with_values
 from hundred.data import ArraySplit, Dataset
 from hundred.engine.checkpoint import strip_prefix
 from hundred.engine.init import init_backbone_weights
+from hundred.engine.method import Method
 from hundred.engine.run import (RunContext, eval_loader, finish_run, image_size, load_data,
                                 running, train_loader)
 from hundred.engine.trainer import Trainer
@@ -166,6 +168,53 @@ def accuracy_by_task(predictions: torch.Tensor, labels: torch.Tensor, task: Task
             "new": 100 * float(correct[~old].mean())}
 
 
+def read_boundary(task_dir: Path, required: tuple[str, ...]
+                  ) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any] | None]:
+    """``done.json`` (which must hold the ``required`` keys), ``final.safetensors`` and the
+    method state of one task boundary; ValueError names the file that does not load."""
+    import json
+
+    from safetensors.torch import load as load_safetensors
+
+    done = task_dir / "done.json"
+    try:
+        record = json.loads(done.read_text())
+        if not isinstance(record, dict):
+            raise ValueError("not a JSON object")
+        if missing := sorted(set(required) - set(record)):
+            raise ValueError(f"it lacks {', '.join(missing)}")
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"{done} is unreadable ({type(error).__name__}: {error})") from None
+    final = task_dir / "final.safetensors"
+    try:
+        weights = load_safetensors(final.read_bytes())
+    except Exception as error:  # safetensors' own error types for bad bytes
+        raise ValueError(f"{final} is unreadable ({str(error)[:200]})") from None
+    state_file, state = task_dir / METHOD_STATE, None
+    if state_file.is_file():
+        try:
+            state = torch.load(state_file, map_location="cpu", weights_only=True)
+        except Exception as error:
+            raise ValueError(f"{state_file} is unreadable ({str(error)[:200]})") from None
+    return record, weights, state
+
+
+def write_boundary(task_dir: Path, model: nn.Module, method: Method,
+                   record: dict[str, Any]) -> None:
+    """A task boundary: the model with the method's checkpointed modules
+    (``final.safetensors``), the method's state, then ``done.json`` last (its presence marks
+    the boundary finished); the task's epoch checkpoints are no longer needed."""
+    weights = {**model.state_dict(),
+               **{f"method.{k}": v for k, v in method.checkpointed().state_dict().items()}}
+    with atomic_open(task_dir / "final.safetensors", "wb") as handle:
+        handle.write(save_safetensors({k: v.detach().cpu().contiguous()
+                                       for k, v in weights.items()}))
+    with atomic_open(task_dir / METHOD_STATE, "wb") as handle:
+        torch.save(method.state_dict(), handle)
+    write_json(task_dir / "done.json", record)
+    shutil.rmtree(task_dir / "checkpoints", ignore_errors=True)
+
+
 class IncrementalRun:
     """One class-incremental run: the tasks, the memory and the per-task records."""
 
@@ -244,7 +293,7 @@ class IncrementalRun:
             if not (task_dir / "done.json").is_file():
                 break
             try:
-                record, weights, state = self._read_boundary(task_dir)
+                record, weights, state = read_boundary(task_dir, ("memory", "linear"))
             except ValueError as error:
                 where = f"after task {last.index + 1}" if last else "from the first task"
                 self.ctx.console.print(f"warning: {error}; resuming {where}")
@@ -261,34 +310,6 @@ class IncrementalRun:
         if state is not None:
             self.method.load_state_dict(state)
         return last.index + 1
-
-    def _read_boundary(self, task_dir: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor],
-                                                      dict[str, Any] | None]:
-        """``done.json``, ``final.safetensors`` and the method state of one task boundary;
-        ValueError names the file that does not load."""
-        import json
-
-        from safetensors.torch import load as load_safetensors
-
-        done = task_dir / "done.json"
-        try:
-            record = json.loads(done.read_text())
-            if not isinstance(record, dict) or not {"memory", "linear"} <= set(record):
-                raise ValueError("it lacks the task's memory or accuracies")
-        except (OSError, ValueError, KeyError, TypeError) as error:
-            raise ValueError(f"{done} is unreadable ({type(error).__name__}: {error})") from None
-        final = task_dir / "final.safetensors"
-        try:
-            weights = load_safetensors(final.read_bytes())
-        except Exception as error:  # safetensors' own error types for bad bytes
-            raise ValueError(f"{final} is unreadable ({str(error)[:200]})") from None
-        state_file, state = task_dir / METHOD_STATE, None
-        if state_file.is_file():
-            try:
-                state = torch.load(state_file, map_location="cpu", weights_only=True)
-            except Exception as error:
-                raise ValueError(f"{state_file} is unreadable ({str(error)[:200]})") from None
-        return record, weights, state
 
     # -- one task -------------------------------------------------------------------------
     def run_task(self, task: Task) -> dict[str, Any]:
@@ -328,15 +349,7 @@ class IncrementalRun:
                   "method_log": method_log, "memory_size": len(self.memory),
                   "memory": self.memory.state_dict()}
         if ctx.dist.is_main:
-            weights = {**model.state_dict(),
-                       **{f"method.{k}": v for k, v in method.checkpointed().state_dict().items()}}
-            with atomic_open(task_dir / "final.safetensors", "wb") as handle:
-                handle.write(save_safetensors({k: v.detach().cpu().contiguous()
-                                               for k, v in weights.items()}))
-            with atomic_open(task_dir / METHOD_STATE, "wb") as handle:
-                torch.save(method.state_dict(), handle)
-            write_json(task_dir / "done.json", record)
-            shutil.rmtree(task_dir / "checkpoints", ignore_errors=True)
+            write_boundary(task_dir, model, method, record)
         return record
 
     def _update_memory(self, task: Task, model: Classifier) -> None:
