@@ -34,6 +34,8 @@ availability or backdoor poisons can join with their own ``Params``.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import argparse
 import hashlib
 import json
@@ -59,7 +61,7 @@ FILTER_STREAM, SELECTION_STREAM = 0, 1  # independent random streams derived fro
 # ------------------------------------------------------------------------------- registry
 
 
-class Poison:
+class Poison(ABC):
     """A poisoning method: turns uint8 training images of given labels into poisoned ones.
 
     Subclasses set ``name``, ``paper`` and ``Params`` (a pydantic model with the paper's
@@ -75,9 +77,9 @@ class Poison:
         self.num_classes = num_classes
         self.params = params
 
+    @abstractmethod
     def apply(self, images: np.ndarray, labels: np.ndarray) -> np.ndarray:
         """Poisoned copies of ``images`` (uint8 ``N, H, W, 3``) whose classes are ``labels``."""
-        raise NotImplementedError
 
     def record(self) -> dict[str, Any]:
         """JSON-safe facts for meta.json (never the key)."""
