@@ -9,9 +9,12 @@
   larger). :meth:`PixelSpaceModel.to_pixels` / :meth:`~PixelSpaceModel.to_model` convert.
 * :data:`ATTACKS` — the registry, name -> :class:`AttackSpec`: ``pgd`` (Madry et al., "Towards
   Deep Learning Models Resistant to Adversarial Attacks", ICLR 2018; torchattacks ``PGD`` /
-  ``PGDL2``) and ``autoattack`` (Croce & Hein, "Reliable evaluation of adversarial robustness
+  ``PGDL2``), ``autoattack`` (Croce & Hein, "Reliable evaluation of adversarial robustness
   with an ensemble of diverse parameter-free attacks", ICML 2020; standard version: APGD-CE,
-  APGD-T, FAB-T, Square). Another module plugs an attack in with :func:`register_attack`.
+  APGD-T, FAB-T, Square), and ``quscore`` (:mod:`hundred.tracks.robust.quscore`: a
+  score-based black-box attack on the model coupled with an interpreter, with options: the
+  interpreter, the query budget, the attacker's surrogate; it adds its success rate and query
+  counts to the result). Another module plugs an attack in with :func:`register_attack`.
 * :func:`robust_accuracy` — clean and robust top-1 on a split, batch by batch, seeded.
 
 What counts as robust: an image is robust when the model classifies it correctly clean *and*
@@ -37,6 +40,7 @@ from torch import nn
 
 from hundred.errors import HundredError
 from hundred.tracks.robust.config import eps_label, parse_eps
+from hundred.tracks.robust.quscore import QuScoreParams, quscore_attack, summarise_results
 
 
 @dataclass(frozen=True)
@@ -172,6 +176,16 @@ class AttackSpec:
     queries_inside_ball: bool = False
     details: dict[str, Any] | None = None
     uses_steps: bool = False
+    options: tuple[str, ...] = ()
+    summarise: Callable[[AttackFn], dict[str, Any]] | None = None
+
+    def check_options(self, name: str, options: dict[str, Any]) -> None:
+        """HundredError when ``options`` names a keyword that ``build`` does not take."""
+        unknown = sorted(set(options) - set(self.options))
+        if unknown:
+            takes = f"it takes {', '.join(self.options)}" if self.options else \
+                "it takes no options"
+            raise HundredError(f"attack {name!r} has no option {', '.join(unknown)}; {takes}")
 
 
 def _torchattacks_norm(norm: str) -> str:
@@ -243,19 +257,30 @@ def build_autoattack(model: PixelSpaceModel, threat: ThreatModel, num_classes: i
     return torchattacks.MultiAttack([apgd, apgdt, fab, square])
 
 
+# QuScore's keywords: what the attacked system and the attacker have, then its GA settings
+QUSCORE_OPTIONS = ("interpreter", "max_queries", "surrogate", *QuScoreParams.model_fields)
+
 ATTACKS: dict[str, AttackSpec] = {
     "pgd": AttackSpec(build_pgd, queries_inside_ball=True, uses_steps=True),
     "autoattack": AttackSpec(build_autoattack, details=AUTOATTACK_STANDARD),
+    "quscore": AttackSpec(quscore_attack, options=QUSCORE_OPTIONS, summarise=summarise_results,
+                          details={"kind": "score-based black-box (microbial GA) on the model "
+                                   "and an interpreter, L-inf corners"}),
 }
 
 
 def register_attack(name: str, build: Builder, *, queries_inside_ball: bool = False,
-                    details: dict[str, Any] | None = None, uses_steps: bool = False) -> None:
+                    details: dict[str, Any] | None = None, uses_steps: bool = False,
+                    options: Sequence[str] = (),
+                    summarise: Callable[[AttackFn], dict[str, Any]] | None = None) -> None:
     """Plug an attack into the registry (``hundred attack --attack NAME``,
-    ``robust.eval_attacks``); a name can be registered once."""
+    ``robust.eval_attacks``); a name can be registered once. ``options``: the keywords
+    ``build`` accepts after its four arguments (``hundred attack -o name=value``);
+    ``summarise(attack_fn)``: extra numbers for the result (e.g. query counts)."""
     if name in ATTACKS and ATTACKS[name].build is not build:
         raise HundredError(f"attack {name!r} is registered already")
-    ATTACKS[name] = AttackSpec(build, queries_inside_ball, details, uses_steps)
+    ATTACKS[name] = AttackSpec(build, queries_inside_ball, details, uses_steps, tuple(options),
+                               summarise)
 
 
 def attack_spec(name: str) -> AttackSpec:
@@ -281,18 +306,22 @@ def _correct(model: nn.Module, pixels: torch.Tensor, labels: torch.Tensor) -> to
 def robust_accuracy(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
                     mean: Sequence[float], std: Sequence[float], attack: str,
                     threat: ThreatModel, num_classes: int, seed: int = 0,
-                    limit: int | None = None, device: torch.device | str | None = None
-                    ) -> dict[str, Any]:
+                    limit: int | None = None, device: torch.device | str | None = None,
+                    options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Clean and robust top-1 (in %) of ``model`` (in eval mode, float32) on ``batches`` of
     *normalised* images, under ``attack`` with ``threat``; ``limit`` caps the images
-    attacked. Returns ``{"clean_top1", "robust_top1", "images", **threat model...}``."""
+    attacked; ``options`` go to the attack's builder (:attr:`AttackSpec.options`). Returns
+    ``{"clean_top1", "robust_top1", "images", **threat model...}`` and the attack's own
+    numbers (:attr:`AttackSpec.summarise`)."""
     spec = attack_spec(attack)
+    options = dict(options or {})
+    spec.check_options(attack, options)
     was_training = model.training
     model.eval()
     # in eval mode, so torchattacks (which restores a model's train mode after attacking)
     # leaves it there
     pixel_model = PixelSpaceModel(model, mean, std).to(next(model.parameters()).device).eval()
-    run = spec.build(pixel_model, threat, num_classes, seed)
+    run = spec.build(pixel_model, threat, num_classes, seed, **options)
     clean = robust = seen = 0
     try:
         with seeded(seed, device or next(model.parameters()).device):
@@ -322,9 +351,10 @@ def robust_accuracy(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torc
     threat_record = threat.record()
     if not spec.uses_steps:  # its own iterations (``details``), not the PGD settings
         threat_record = {key: threat_record[key] for key in ("norm", "eps", "eps_label")}
+    extra = spec.summarise(run) if spec.summarise is not None else {}
     return {"attack": attack, **threat_record, "seed": seed, "images": seen,
             "clean_top1": 100.0 * clean / seen, "robust_top1": 100.0 * robust / seen,
-            "torchattacks": torchattacks_version(), **(spec.details or {})}
+            "torchattacks": torchattacks_version(), **(spec.details or {}), **extra}
 
 
 def check_budget(adversarial: torch.Tensor, pixels: torch.Tensor, threat: ThreatModel) -> None:

@@ -44,7 +44,38 @@ def _add_attack(commands: Any) -> None:
     parser.add_argument("--batch-size", type=int, help="images per batch (default: the "
                         "run's data.eval_batch_size)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    quscore = parser.add_argument_group("QuScore (--attack quscore)")
+    quscore.add_argument("--interpreter", choices=("grad", "cam"),
+                         help="the interpreter coupled with the model (default grad)")
+    quscore.add_argument("--max-queries", type=int,
+                         help="query budget per image (default 10000)")
+    quscore.add_argument("--surrogate", metavar="RUN_DIR", help="a finished run whose model "
+                         "the attacker owns (transfer stage; default: random population)")
+    parser.add_argument("-o", "--option", action="append", default=[], metavar="NAME=VALUE",
+                        help="an option of the attack's builder, e.g. -o pop_size=10 -o "
+                        "mutation_rate=0.01 (QuScore); repeatable")
     parser.set_defaults(func=_cmd_attack)
+
+
+def _options(args: argparse.Namespace) -> dict[str, Any]:
+    """``-o NAME=VALUE`` pairs (values read as YAML scalars) and the named options."""
+    import yaml
+
+    from hundred.errors import HundredError
+
+    options: dict[str, Any] = {}
+    for item in args.option:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise HundredError(f"-o {item!r}: expected NAME=VALUE")
+        try:
+            options[name.strip().replace("-", "_")] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise HundredError(f"-o {item!r}: the value is not a number, word or list") from None
+    for name in ("interpreter", "max_queries"):
+        if getattr(args, name) is not None:
+            options[name] = getattr(args, name)
+    return options
 
 
 def _cmd_attack(args: argparse.Namespace) -> None:
@@ -56,9 +87,17 @@ def _cmd_attack(args: argparse.Namespace) -> None:
 
     request = AttackRequest(attack=args.attack, eps=args.eps, norm=args.norm, steps=args.steps,
                             step_size=args.step_size, restarts=args.restarts, seed=args.seed,
-                            limit=args.limit, batch_size=args.batch_size, device=args.device)
+                            limit=args.limit, batch_size=args.batch_size, device=args.device,
+                            options=_options(args), surrogate=args.surrogate)
     entry = attack_run(Path(args.run_dir), request)
+    queries = ""
+    if "attacked" in entry:  # a query-counting attack
+        rate, median = entry.get("success_rate"), entry.get("median_queries")
+        queries = (f"; success {'-' if rate is None else f'{100 * rate:.1f} %'} of "
+                   f"{entry['attacked']} attacked, median queries "
+                   f"{'-' if median is None else f'{median:g}'}")
     Console().print(f"{args.run_dir}: {entry['attack']} at {entry['norm']} "
                     f"{entry['eps_label']}: robust top-1 {entry['robust_top1']:.2f} "
-                    f"(clean {entry['clean_top1']:.2f}, {entry['images']} images)",
+                    f"(clean {entry['clean_top1']:.2f}, {entry['images']} images){queries}",
                     highlight=False, soft_wrap=True)
+

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,10 @@ SUMMARY = "summary.json"
 @dataclass(frozen=True)
 class AttackRequest:
     """What ``hundred attack`` was asked for (``eps``/``step_size`` as numbers or fractions
-    such as ``"8/255"``; ``eps``/``norm`` None: the run's own ``robust:`` settings)."""
+    such as ``"8/255"``; ``eps``/``norm`` None: the run's own ``robust:`` settings).
+    ``options``: keywords of the attack's builder (QuScore: ``interpreter``,
+    ``max_queries``, its GA settings); ``surrogate``: a finished run whose model the attacker
+    owns (QuScore's transfer stage)."""
 
     attack: str = "pgd"
     eps: str | float | None = None
@@ -40,6 +43,8 @@ class AttackRequest:
     limit: int | None = None
     batch_size: int | None = None
     device: str = "auto"
+    options: dict[str, Any] = field(default_factory=dict)
+    surrogate: str | None = None
 
 
 def _number(value: Any, what: str) -> float:
@@ -56,11 +61,14 @@ def attack_run(run_dir: Path, request: AttackRequest) -> dict[str, Any]:
     from hundred.engine.init import load_finished_run
     from hundred.engine.run import image_size, load_data
     from hundred.engine.trainer import resolve_device
-    from hundred.models import create
-    from hundred.tracks.robust.attacks import ThreatModel, attack_spec, robust_accuracy
+    from hundred.tracks.robust.attacks import (PixelSpaceModel, ThreatModel, attack_spec,
+                                               robust_accuracy)
     from hundred.tracks.robust.scenario import attack_label
 
-    attack_spec(request.attack)
+    spec = attack_spec(request.attack)
+    spec.check_options(request.attack, request.options)
+    if request.surrogate is not None and "surrogate" not in spec.options:
+        raise HundredError(f"attack {request.attack!r} takes no surrogate model")
     for value, what in ((request.steps, "--steps"), (request.restarts, "--restarts"),
                         (request.limit, "--limit"), (request.batch_size, "--batch-size")):
         if value is not None and value < 1:
@@ -71,6 +79,8 @@ def attack_run(run_dir: Path, request: AttackRequest) -> dict[str, Any]:
         _number(request.eps, "--eps")
     found = load_finished_run(run_dir, "attack")
     config, summary = found.config, found.summary
+    surrogate = None if request.surrogate is None else \
+        load_finished_run(Path(request.surrogate), "surrogate")
     robust = getattr(config, "robust", None)
     if request.eps is None and robust is None:
         raise HundredError(f"{run_dir} is a {config.track} run: give the budget, e.g. --eps "
@@ -91,6 +101,38 @@ def attack_run(run_dir: Path, request: AttackRequest) -> dict[str, Any]:
         raise HundredError(f"{run_dir} was trained on {classes} classes, but its data "
                            f"{dataset.name} now has {dataset.num_classes}")
     size = image_size(config, dataset)
+    device = resolve_device(request.device)
+    model = _model(found, run_dir, classes, size).to(device)
+    options = dict(request.options)
+    if surrogate is not None:
+        surrogate_classes = surrogate.summary.get("classes")
+        if surrogate_classes != classes:
+            raise HundredError(f"the surrogate {request.surrogate} has {surrogate_classes} "
+                               f"classes, the attacked run {classes}")
+        options["surrogate"] = PixelSpaceModel(
+            _model(surrogate, Path(request.surrogate), classes, size),
+            surrogate.config.data.mean, surrogate.config.data.std).to(device).eval()
+    data = config.data
+    batches = BatchLoader(dataset.arrays("val"), batch_size=request.batch_size or
+                          data.eval_batch_size, shuffle=False, drop_last=False, seed=0,
+                          device=device, train=False, out_size=data.image_size,
+                          mean=data.mean, std=data.std)
+    result = robust_accuracy(model, batches, data.mean, data.std, request.attack, threat,
+                             classes, seed=request.seed, limit=request.limit, device=device,
+                             options=options)
+    entry = {**result, "split": "val", "source": "hundred attack",
+             "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    if request.surrogate is not None:
+        entry["surrogate"] = str(request.surrogate)
+    _record(run_dir / SUMMARY, entry, f"{_label(threat)}, {attack_label(request.attack, threat)}")
+    return entry
+
+
+def _model(found: Any, run_dir: Path, classes: int, size: int) -> Any:
+    """The model of a finished run (``load_finished_run``'s result), its weights loaded."""
+    from hundred.models import create
+
+    config = found.config
     model = create(config.model.name, classes, head=config.model.head, img_size=size,
                    **config.model.options)
     try:
@@ -98,19 +140,7 @@ def attack_run(run_dir: Path, request: AttackRequest) -> dict[str, Any]:
     except (RuntimeError, TypeError) as error:
         raise HundredError(f"the weights of {run_dir} do not fit its model "
                            f"({str(error).splitlines()[0][:300]})") from None
-    device = resolve_device(request.device)
-    model.to(device)
-    data = config.data
-    batches = BatchLoader(dataset.arrays("val"), batch_size=request.batch_size or
-                          data.eval_batch_size, shuffle=False, drop_last=False, seed=0,
-                          device=device, train=False, out_size=data.image_size,
-                          mean=data.mean, std=data.std)
-    result = robust_accuracy(model, batches, data.mean, data.std, request.attack, threat,
-                             classes, seed=request.seed, limit=request.limit, device=device)
-    entry = {**result, "split": "val", "source": "hundred attack",
-             "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    _record(run_dir / SUMMARY, entry, f"{_label(threat)}, {attack_label(request.attack, threat)}")
-    return entry
+    return model
 
 
 def _label(threat: Any) -> str:

@@ -63,7 +63,7 @@ from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
 from hundred.errors import HundredError
@@ -72,7 +72,7 @@ from hundred.tracks.robust.interpreters import (InterpretableSystem, Interpreter
                                                 differentiable_map)
 
 __all__ = ["QuScoreParams", "interpretation_distance", "quscore_attack", "run_quscore",
-           "search_space", "topk_iou", "transfer_population"]
+           "search_space", "summarise_results", "topk_iou", "transfer_population"]
 
 
 class QuScoreParams(BaseModel):
@@ -337,7 +337,15 @@ def quscore_attack(model: nn.Module, threat: Any, num_classes: int, seed: int, *
     if getattr(threat, "norm", "linf") != "linf":
         raise HundredError(f"QuScore searches the corners of an L-inf ball; threat norm is "
                            f"{threat.norm!r}")
-    QuScoreParams(**params)
+    try:
+        QuScoreParams(**params)
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(str(part) for part in item['loc'])}: {item['msg']}"
+                             for item in error.errors())
+        raise HundredError(f"QuScore: {problems}") from None
+    if isinstance(max_queries, bool) or not isinstance(max_queries, int) or max_queries < 1:
+        raise HundredError(f"QuScore max_queries must be a whole number >= 1, got "
+                           f"{max_queries!r}")
     system = InterpretableSystem(model, interpreter)
     results: list[dict[str, Any]] = []
 
@@ -350,4 +358,44 @@ def quscore_attack(model: nn.Module, threat: Any, num_classes: int, seed: int, *
 
     attack.results = results  # type: ignore[attr-defined]
     attack.system = system  # type: ignore[attr-defined]
+    attack.settings = {  # type: ignore[attr-defined]
+        "interpreter": interpreter if isinstance(interpreter, str) else
+        getattr(interpreter, "__name__", "custom"),
+        "max_queries": max_queries, "surrogate": surrogate is not None,
+        "params": QuScoreParams(**params).model_dump()}
     return attack
+
+
+def summarise_results(attack: Callable[..., Any]) -> dict[str, Any]:
+    """The numbers of every call of a :func:`quscore_attack` function, pooled over its
+    batches: ``success_rate`` (a fraction of the attacked images), ``median_queries`` / ``mean_queries``
+    (over successes), ``attacked``, the mean ``interp_distance`` / ``interp_iou`` / ``linf``
+    of the successes, ``total_queries`` (what the system counted) and the settings."""
+    results: list[dict[str, Any]] = getattr(attack, "results", [])
+    pooled: dict[str, list[Any]] = {}
+    for result in results:
+        for key, values in result["per_image"].items():
+            pooled.setdefault(key, []).extend(values)
+    attacked = [bool(flag) for flag in pooled.get("attacked", [])]
+    wins = [n for n, won in enumerate(pooled.get("success", [])) if won]
+
+    def over_wins(key: str) -> float:
+        values = [float(pooled[key][n]) for n in wins]
+        return float(statistics.fmean(values)) if values else math.nan
+
+    settings = getattr(attack, "settings", {})
+    summary = {
+        "success_rate": len(wins) / sum(attacked) if any(attacked) else math.nan,
+        "attacked": sum(attacked),
+        "median_queries": float(statistics.median(pooled["queries"][n] for n in wins))
+        if wins else math.nan,
+        "mean_queries": over_wins("queries"),
+        "interp_distance": over_wins("interp_distance"),
+        "interp_iou": over_wins("interp_iou"),
+        "mean_linf": over_wins("linf"),
+        "total_queries": int(attack.system.queries) if hasattr(attack, "system") else
+        sum(int(result["total_queries"]) for result in results),
+        **settings,
+    }
+    return {key: None if isinstance(value, float) and math.isnan(value) else value
+            for key, value in summary.items()}  # JSON has no NaN: nothing to average is null

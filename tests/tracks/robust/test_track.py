@@ -2,7 +2,8 @@
 reports robust top-1 with its threat model; adversarial training leaves batch-norm running
 statistics to the clean forward passes; adv_finetune starts from the whole pre-trained model
 on its own schedule and refuses to run without one; `hundred attack` writes into a finished
-run's summary (and `hundred report` shows it) and refuses bad input writing nothing;
+run's summary (and `hundred report` shows it) and refuses bad input writing nothing; QuScore
+through `hundred attack` records its success rate and query counts;
 `hundred check robust` trains one pre-trained model per phase for adv_finetune."""
 
 from __future__ import annotations
@@ -147,6 +148,41 @@ def test_hundred_attack_refuses_bad_input_and_writes_nothing(tmp_path, capsys, e
     assert (run_dir / "summary.json").read_bytes() == original
     assert main(["attack", str(tmp_path / "missing"), "--eps", "8/255"]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_hundred_attack_quscore_records_success_rate_and_queries(tmp_path, capsys, erm_run):
+    run_dir = tmp_path / "copy"
+    shutil.copytree(erm_run, run_dir)
+    assert main(["attack", str(run_dir), "--attack", "quscore", "--eps", "16/255",
+                 "--interpreter", "cam", "--max-queries", "30", "-o", "pop_size=4",
+                 "--surrogate", str(erm_run), "--device", "cpu"]) == 0
+    assert "median queries" in capsys.readouterr().out
+    summary = summary_of(run_dir)
+    entry = summary["attacks"][-1]  # after the end-of-run PGD
+    assert entry["attack"] == "quscore" and entry["interpreter"] == "cam"
+    assert entry["max_queries"] == 30 and entry["params"]["pop_size"] == 4
+    assert entry["surrogate"] == str(erm_run) and entry["images"] == 32
+    attacked = entry["attacked"]
+    assert attacked == round(entry["clean_top1"] * 32 / 100) > 0
+    # every image costs its benign query; an attacked one also the population of 4, and at
+    # most its budget of 30 in all
+    assert 32 + attacked * 4 <= entry["total_queries"] <= 32 - attacked + attacked * 30
+    if attacked:
+        fooled = round(entry["success_rate"] * attacked)
+        assert entry["robust_top1"] == pytest.approx(100 * (attacked - fooled) / 32)
+        assert fooled == 0 or 5 <= entry["median_queries"] <= 30
+    assert summary["quscore_top1"] == entry["robust_top1"]
+    original = (run_dir / "summary.json").read_bytes()
+    for args, message in (
+            (["--attack", "pgd", "--interpreter", "cam"], "has no option interpreter"),
+            (["--attack", "quscore", "-o", "pop_size=1"], "pop_size"),
+            (["--attack", "quscore", "-o", "colour=red"], "has no option colour"),
+            (["--attack", "quscore", "--max-queries", "0"], "max_queries"),
+            (["--attack", "autoattack", "--surrogate", str(erm_run)], "takes no surrogate"),
+            (["--attack", "quscore", "--surrogate", str(tmp_path / "none")], "does not exist")):
+        assert main(["attack", str(run_dir), "--device", "cpu", "--limit", "2", *args]) == 2
+        assert message in capsys.readouterr().err
+        assert (run_dir / "summary.json").read_bytes() == original
 
 
 def test_check_robust_trains_one_pretrained_model_per_phase_for_adv_finetune(tmp_path):
