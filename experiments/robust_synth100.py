@@ -20,9 +20,24 @@
 * ``quscore``: QuScore (Abdukhamidov et al. 2023) against two undefended models of the
   ``defences`` data, the ERM ResNet-20 of that group and an ERM ConvNet-D3 (30 epochs), each
   coupled with two interpreters (CAM, vanilla gradient): success rate and median queries on
-  the whole validation split (500 images), L∞ 8/255, at most 1000 queries an image. The
+  100 validation images (a fixed uniform sample of the 500, ``--limit``), L∞ 8/255, at most
+  1000 queries an image. The
   attacker owns the *other* architecture's model of the same seed as its surrogate (the
   paper's transfer stage). Needs the ``defences`` group's ERM runs (made if missing).
+
+* ``backdoor``: BLTO (Sun et al., ICLR 2024) against a fixed random-colour patch
+  (SSL-Backdoor), both poisoning 1 % of the unlabelled pre-training set (target-class images,
+  target class 0). synth100 at 16 px, 10 classes, 100 training and 50 validation images a
+  class (10 poisoned images). BLTO's generator (width 16) is trained against a surrogate
+  SimSiam (ResNet-20 at width 8) for BLTO_STEPS outer steps of 2 inner steps each, batch 64,
+  the surrogate re-initialised every 50 outer steps, L∞ 8/255. The victim pre-trains SimSiam
+  (ResNet-20 at width 8, BACKDOOR_EPOCHS epochs, batch 128, simclr-small views) on each
+  poisoned copy and on the clean data, then ``hundred backdoor`` trains a linear probe on
+  clean labelled train features and reports the attack success rate (triggered val images
+  of the other 9 classes assigned to class 0) and the probe's clean top-1. The clean
+  victim's rate is the baseline (a trigger that does nothing still lands some images in
+  class 0). Both triggers are also run at 10 % (every target-class image) as a check that a
+  backdoor can be planted at all at this size. Per seed s, the attacker's key is KEY + s and the victim's seed is s.
 
 Runs are ordinary run directories under ``--out`` with fixed names, so running the script
 again skips finished runs and resumes a killed one:
@@ -33,8 +48,10 @@ again skips finished runs and resumes a killed one:
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
+import time
 import subprocess
 import sys
 from pathlib import Path
@@ -57,6 +74,22 @@ DEFENCE = ("--model", "resnet20", "--batch-size", "64", "--lr", "0.1", "-q", "--
            "--set", "model.options={width: 8}", "--set", "robust.eval_step_size=2/255")
 LONG, SHORT = 30, 3  # epochs of the from-scratch runs; of fine-tuning (a tenth)
 PGD_PASSES = 11  # forward-backward passes a PGD-10 training step costs per image
+
+
+BACKDOOR_DATA = ("-o", "classes=10", "-o", "train_per_class=100", "-o", "val_per_class=50",
+                 "-o", "res=16")
+BACKDOOR_TARGET, BACKDOOR_FRACTION = 0, 0.01
+# the paper's 1 %, and 10 % (every target-class image) as a check that the pipeline can plant
+# a backdoor at all at this size
+BACKDOOR_FRACTIONS = (0.01, 0.1)
+BACKDOOR_EPOCHS, BLTO_STEPS = 40, 150
+BLTO_OPTIONS = ("inner_steps=2", "reinit_every=50", "batch_size=64", "generator_width=16",
+                "surrogate=resnet20", "surrogate_options={width: 8}", "proj_dim=256",
+                "pred_hidden_dim=64", "generator_lr=0.001")
+VICTIM = ("--model", "resnet20", "--batch-size", "128", "-q", "--set",
+          "model.options={width: 8}", "--set", "ssl.augment=simclr-small", "--set",
+          "method_params.proj_hidden_dim=256", "--set", "method_params.proj_output_dim=256",
+          "--set", "method_params.pred_hidden_dim=64")
 
 
 def packed_data(out: Path) -> tuple[Path, Path]:
@@ -129,6 +162,7 @@ def defence_table(out: Path, seeds: int) -> None:
 
 
 QUSCORE_QUERIES = 1000
+QUSCORE_IMAGES = 100  # a fixed uniform sample of the 500 validation images
 
 
 def quscore_table(out: Path, seeds: int) -> None:
@@ -150,16 +184,18 @@ def quscore_table(out: Path, seeds: int) -> None:
                 summary = json.loads((run_dir / "summary.json").read_text())
                 done = [entry for entry in summary.get("attacks", [])
                         if entry["attack"] == "quscore" and entry["interpreter"] == interpreter
-                        and entry["max_queries"] == QUSCORE_QUERIES]
+                        and entry["max_queries"] == QUSCORE_QUERIES
+                        and entry["images"] == QUSCORE_IMAGES]
                 if not done:
                     runs.hundred("attack", str(run_dir), "--attack", "quscore", "--eps",
                                  "8/255", "--interpreter", interpreter, "--max-queries",
                                  str(QUSCORE_QUERIES), "--surrogate", str(surrogate),
-                                 "--seed", str(seed))
+                                 "--seed", str(seed), "--limit", str(QUSCORE_IMAGES))
                     summary = json.loads((run_dir / "summary.json").read_text())
                     done = [entry for entry in summary["attacks"]
                             if entry["attack"] == "quscore"
-                            and entry["interpreter"] == interpreter]
+                            and entry["interpreter"] == interpreter
+                            and entry["images"] == QUSCORE_IMAGES]
                 entry = done[-1]
                 row = results.setdefault((name, interpreter), {})
                 for key in ("clean_top1", "success_rate", "median_queries", "interp_iou",
@@ -178,10 +214,72 @@ def quscore_table(out: Path, seeds: int) -> None:
         print(f"| {name} | {interpreter} | " + " | ".join(cells) + " |")
 
 
+def backdoor_table(out: Path, seeds: int, epochs: int = BACKDOOR_EPOCHS,
+                   blto_steps: int = BLTO_STEPS) -> None:
+    data = out / "data" / "synth100-10c-16-backdoor"
+    if not (data / "meta.json").is_file():
+        runs.hundred("data", "pack", "synth100", "--res", "16", "--out", str(data), "-q",
+                     "--force", *BACKDOOR_DATA)
+    rows: dict[str, dict[str, list[float]]] = {}
+    poisoned_count: dict[str, int] = {}
+    for seed in range(seeds):
+        packs: dict[str, Path] = {}
+        for method, fraction in itertools.product(("blto", "patch"), BACKDOOR_FRACTIONS):
+            tag = "" if fraction == BACKDOOR_FRACTION else f"-f{fraction:g}"
+            method_tag = f"{method}{tag}"
+            pack = out / "data" / f"backdoor-{method_tag}-k{blto_steps}-s{seed}"
+            if not (pack / "meta.json").is_file():
+                options = [f"steps={blto_steps}", *BLTO_OPTIONS] if method == "blto" else []
+                started = time.perf_counter()
+                runs.hundred("data", "poison", str(data), "--method", method, "--key",
+                             str(KEY + seed), "--fraction", str(fraction),
+                             "--target-class", str(BACKDOOR_TARGET), "--out", str(pack),
+                             "--replace", *[arg for o in options for arg in ("-o", o)])
+                print(f"poison {method_tag} s{seed}: {time.perf_counter() - started:.0f} s",
+                      flush=True)
+            packs[method_tag] = pack
+            poisoned_count[method_tag] = json.loads((pack / "meta.json").read_text())[
+                "poison"]["poisoned"]
+        for victim, victim_data in {"clean": data, **packs}.items():
+            run_dir, _ = runs.run(out, "ssl", "simsiam",
+                                  f"backdoor-{victim}-k{blto_steps}-e{epochs}-s{seed}",
+                                  ["--data", str(victim_data), *VICTIM, "--epochs",
+                                   str(epochs), "--seed", str(seed)])
+            for method, pack in packs.items():
+                if victim != method and (victim != "clean" or "-f" in method):
+                    continue
+                sha = json.loads((pack / "meta.json").read_text())["poison"]["trigger"][
+                    "sha256"]
+
+                def found() -> list[dict[str, Any]]:
+                    summary = json.loads((run_dir / "summary.json").read_text())
+                    return [b for b in summary.get("backdoors", [])
+                            if b["trigger_sha256"] == sha]
+
+                if not found():
+                    runs.hundred("backdoor", str(run_dir), "--poison", str(pack))
+                result = found()[-1]
+                share = poisoned_count[method] / 10  # of the 1000 training images, in %
+                label = (f"{method} trigger on a victim pre-trained on clean data (baseline)"
+                         if victim == "clean" else f"{method.split('-')[0]}, {share:g} % "
+                         "poisoned" + (" (sanity check)" if "-f" in method else ""))
+                row = rows.setdefault(label, {"asr": [], "clean": []})
+                row["asr"].append(float(result["backdoor_asr"]))
+                row["clean"].append(float(result["backdoor_clean_top1"]))
+    print("\n| trigger | poisoned images | ASR (%) | probe clean top-1 (%) |\n|---|---|---|---|")
+    for label, row in sorted(rows.items()):
+        asr, asr_std = runs.mean_std(row["asr"])
+        clean, clean_std = runs.mean_std(row["clean"])
+        count = 0 if "baseline" in label else round(float(label.split()[1]) * 10)
+        print(f"| {label} | {count} | {asr:.1f} ± {asr_std:.1f} | {clean:.1f} ± "
+              f"{clean_std:.1f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="runs/robust-table")
-    parser.add_argument("--group", choices=("cuda", "defences", "quscore"), required=True)
+    parser.add_argument("--group", choices=("cuda", "defences", "quscore", "backdoor"),
+                        required=True)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--augment", choices=("crop-flip", "none"),
                         help="cuda: only this augmentation (e.g. to split the runs over two "
@@ -192,6 +290,9 @@ def main() -> None:
         return
     if args.group == "quscore":
         quscore_table(Path(args.out), args.seeds)
+        return
+    if args.group == "backdoor":
+        backdoor_table(Path(args.out), args.seeds)
         return
     augments = (args.augment,) if args.augment else ("crop-flip", "none")
     cuda_table(Path(args.out), args.seeds, augments)

@@ -25,12 +25,13 @@ if TYPE_CHECKING:
     from hundred.track import Shortcut, Track
 
 
-def _parse_options(pairs: Sequence[str]) -> dict[str, str]:
-    """``["classes=10", "res=16"]`` -> ``{"classes": "10", "res": "16"}`` (sources convert types)."""
+def parse_options(pairs: Sequence[str]) -> dict[str, str]:
+    """``["classes=10", "res=16"]`` -> ``{"classes": "10", "res": "16"}``: the ``-o/--option
+    KEY=VALUE`` flags of a command (the receiver converts types, e.g. a pydantic model)."""
     options: dict[str, str] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
-        if not sep or not key:
+        if not sep or not key.strip():
             raise HundredError(f"--option expects KEY=VALUE, got {pair!r}")
         options[key.strip()] = value.strip()
     return options
@@ -47,7 +48,7 @@ def _cmd_data_pack(args: argparse.Namespace) -> None:
         workers=args.workers,
         draft=not args.no_draft,
         force=args.force,
-        options=_parse_options(args.option),
+        options=parse_options(args.option),
         quiet=args.quiet,
     )
 
@@ -55,7 +56,7 @@ def _cmd_data_pack(args: argparse.Namespace) -> None:
 def _cmd_data_info(args: argparse.Namespace) -> None:
     from hundred.data.pack import print_info
 
-    print_info(args.target, options=_parse_options(args.option))
+    print_info(args.target, options=parse_options(args.option))
 
 
 def _cmd_data_verify(args: argparse.Namespace) -> None:

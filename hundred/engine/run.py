@@ -193,6 +193,21 @@ def eval_loader(ctx: RunContext, dataset: Dataset, split_name: str = "val",
                        device_budget_bytes=device_budget_bytes(config))
 
 
+def fit(ctx: RunContext, model: torch.nn.Module, method: Any, loader: Any, dataset: Dataset
+        ) -> tuple[Any, Any]:
+    """Train ``model`` with ``method`` on ``loader`` under the run's config, validating on
+    ``dataset``'s val split (main process only); a resumed run continues from its newest
+    checkpoint. Returns the :class:`~hundred.engine.trainer.Trainer` and its fit result."""
+    from hundred.engine.trainer import Trainer
+
+    trainer = Trainer(ctx.config, model, method, loader,
+                      eval_loader(ctx, dataset) if ctx.dist.is_main else None,
+                      ctx.device, ctx.run_dir, ctx.dist, ctx.console)
+    if ctx.resumed and trainer.resume():
+        ctx.console.print(f"resumed {ctx.run_dir} after epoch {trainer.start_epoch}")
+    return trainer, trainer.fit()
+
+
 def settings_digest(config: RunConfig) -> str:
     """A short hash of everything in ``config`` that changes results, except the seed
     (:func:`~hundred.config.result_settings`): runs with the same digest differ only by seed,

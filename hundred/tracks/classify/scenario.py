@@ -7,8 +7,7 @@ from typing import Any
 
 from hundred.config import RunConfig
 from hundred.engine.init import init_backbone_weights, resumes_from_checkpoint
-from hundred.engine.run import eval_loader, finish_run, image_size, load_data, running
-from hundred.engine.trainer import Trainer
+from hundred.engine.run import finish_run, fit, image_size, load_data, running
 from hundred.models import Classifier, create
 from hundred.tracks.classify.method import ClassifyMethod
 
@@ -35,12 +34,7 @@ def run(config: RunConfig, method: ClassifyMethod, resume_dir: Path | None = Non
         if config.classify.freeze_backbone:
             freeze_backbone(model)
         loader = method.train_loader(ctx, dataset)
-        trainer = Trainer(config, model, method, loader,
-                          eval_loader(ctx, dataset) if ctx.dist.is_main else None,
-                          ctx.device, ctx.run_dir, ctx.dist, ctx.console)
-        if ctx.resumed and trainer.resume():
-            ctx.console.print(f"resumed {ctx.run_dir} after epoch {trainer.start_epoch}")
-        result = trainer.fit()
+        trainer, result = fit(ctx, model, method, loader, dataset)
         summary = {
             "data": dataset.name, "model": config.model.name, "classes": dataset.num_classes,
             "teacher": method.teacher_label(), "teacher_spec": config.classify.teacher,

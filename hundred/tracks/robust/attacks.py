@@ -35,6 +35,7 @@ import contextlib
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -297,6 +298,19 @@ def torchattacks_version() -> str:
 
 
 # -- robust accuracy ----------------------------------------------------------------------
+
+SUBSET_SEED = 0  # the subset an attack limit draws is fixed: every run and attack gets the same
+
+
+def attack_subset(count: int, limit: int | None) -> np.ndarray | None:
+    """The rows of a split of ``count`` images that an attack limited to ``limit`` images
+    evaluates: ``limit`` rows drawn uniformly without replacement by a fixed seed, in order
+    (None: every row). Packed splits are sorted by class, so the first ``limit`` rows would
+    hold only the first classes."""
+    if limit is None or limit >= count:
+        return None
+    return np.sort(np.random.default_rng(SUBSET_SEED).choice(count, size=limit, replace=False))
+
 
 @torch.no_grad()
 def _correct(model: nn.Module, pixels: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,7 @@ from typing import Any
 def add_commands(commands: Any, data_commands: Any) -> None:
     """Add ``hundred attack`` (and ``hundred data poison``) to the sub-parser groups."""
     _add_attack(commands)
+    _add_backdoor(commands)
     if importlib.util.find_spec("hundred.tracks.robust.poison") is not None:
         from hundred.tracks.robust.poison import add_poison_command
 
@@ -40,7 +41,8 @@ def _add_attack(commands: Any) -> None:
                         "eps/4)")
     parser.add_argument("--restarts", type=int, default=1, help="PGD random restarts")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random starts")
-    parser.add_argument("--limit", type=int, help="attack only the first N images")
+    parser.add_argument("--limit", type=int, help="attack only N images: a fixed uniform sample of "
+                        "the split (the same for every run and attack)")
     parser.add_argument("--batch-size", type=int, help="images per batch (default: the "
                         "run's data.eval_batch_size)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
@@ -61,17 +63,16 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
     """``-o NAME=VALUE`` pairs (values read as YAML scalars) and the named options."""
     import yaml
 
+    from hundred.cli import parse_options
     from hundred.errors import HundredError
 
     options: dict[str, Any] = {}
-    for item in args.option:
-        name, sep, value = item.partition("=")
-        if not sep or not name.strip():
-            raise HundredError(f"-o {item!r}: expected NAME=VALUE")
+    for name, value in parse_options(args.option).items():
         try:
-            options[name.strip().replace("-", "_")] = yaml.safe_load(value)
+            options[name.replace("-", "_")] = yaml.safe_load(value)
         except yaml.YAMLError:
-            raise HundredError(f"-o {item!r}: the value is not a number, word or list") from None
+            raise HundredError(f"-o {name}={value}: the value is not a number, word or "
+                               "list") from None
     for name in ("interpreter", "max_queries"):
         if getattr(args, name) is not None:
             options[name] = getattr(args, name)
@@ -101,3 +102,38 @@ def _cmd_attack(args: argparse.Namespace) -> None:
                     f"(clean {entry['clean_top1']:.2f}, {entry['images']} images){queries}",
                     highlight=False, soft_wrap=True)
 
+
+def _add_backdoor(commands: Any) -> None:
+    parser = commands.add_parser(
+        "backdoor", help="attack success rate of a poisoned pack's backdoor trigger against a "
+        "finished (ssl) run, written into its summary",
+        description="Linear probe on RUN_DIR's frozen backbone, trained on the clean labelled "
+        "train images of --poison (the poisoned rows left out); backdoor_clean_top1 is its "
+        "top-1 on the clean val split, backdoor_asr the share of triggered val images of the "
+        "other classes it assigns to the trigger's target class. Bad input writes nothing.")
+    parser.add_argument("run_dir", help="a finished run directory (e.g. hundred run ssl "
+                        "simsiam --data POISONED)")
+    parser.add_argument("--poison", required=True, help="the poisoned pack holding the "
+                        "trigger (hundred data poison --method blto|patch)")
+    parser.add_argument("--probe-epochs", type=int, help="epochs of the linear probe "
+                        "(default: the run's ssl.probe_epochs)")
+    parser.add_argument("--batch-size", type=int, help="images per feature batch (default: "
+                        "the run's data.eval_batch_size)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    parser.set_defaults(func=_cmd_backdoor)
+
+
+def _cmd_backdoor(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from hundred.tracks.robust.backdoor import backdoor_run
+
+    entry = backdoor_run(Path(args.run_dir), Path(args.poison), device=args.device,
+                         batch_size=args.batch_size, probe_epochs=args.probe_epochs)
+    Console().print(f"{args.run_dir}: {entry['method']} trigger (target class "
+                    f"{entry['target_class']}): attack success rate "
+                    f"{entry['backdoor_asr']:.2f} % of {entry['asr_images']} images, probe "
+                    f"clean top-1 {entry['backdoor_clean_top1']:.2f}", highlight=False,
+                    soft_wrap=True)

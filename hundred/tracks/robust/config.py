@@ -78,8 +78,8 @@ class RobustConfig(StrictModel):
         "training step_size, or eps / 4 when that is None too")
     eval_restarts: int = Field(1, ge=1, description="random restarts of the evaluation PGD")
     eval_limit: Optional[int] = Field(
-        None, ge=1, description="attack only the first N images of the held-out split (AutoAttack "
-        "on ImageNet is slow); None = all")
+        None, ge=1, description="attack only N images of the held-out split, a fixed uniform "
+        "sample (AutoAttack on ImageNet is slow); None = all")
     init: Optional[str] = Field(
         None, description="start from this finished run (RUN_DIR; same model.name and "
         "model.options): its whole model when it was trained on the same data and classes, "

@@ -62,7 +62,7 @@ def attack_run(run_dir: Path, request: AttackRequest) -> dict[str, Any]:
     from hundred.engine.run import image_size, load_data
     from hundred.engine.trainer import resolve_device
     from hundred.tracks.robust.attacks import (PixelSpaceModel, ThreatModel, attack_spec,
-                                               robust_accuracy)
+                                               attack_subset, robust_accuracy)
     from hundred.tracks.robust.scenario import attack_label
 
     spec = attack_spec(request.attack)
@@ -113,13 +113,13 @@ def attack_run(run_dir: Path, request: AttackRequest) -> dict[str, Any]:
             _model(surrogate, Path(request.surrogate), classes, size),
             surrogate.config.data.mean, surrogate.config.data.std).to(device).eval()
     data = config.data
-    batches = BatchLoader(dataset.arrays("val"), batch_size=request.batch_size or
-                          data.eval_batch_size, shuffle=False, drop_last=False, seed=0,
-                          device=device, train=False, out_size=data.image_size,
-                          mean=data.mean, std=data.std)
+    val = dataset.arrays("val")
+    batches = BatchLoader(val, batch_size=request.batch_size or data.eval_batch_size,
+                          shuffle=False, drop_last=False, seed=0, device=device, train=False,
+                          out_size=data.image_size, mean=data.mean, std=data.std,
+                          indices=attack_subset(len(val.labels), request.limit))
     result = robust_accuracy(model, batches, data.mean, data.std, request.attack, threat,
-                             classes, seed=request.seed, limit=request.limit, device=device,
-                             options=options)
+                             classes, seed=request.seed, device=device, options=options)
     entry = {**result, "split": "val", "source": "hundred attack",
              "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
     if request.surrogate is not None:
@@ -150,18 +150,27 @@ def _label(threat: Any) -> str:
 
 
 def _record(path: Path, entry: dict[str, Any], threat: str) -> None:
-    """Append ``entry`` to the summary's ``attacks`` (read again now, so nothing written in
-    the meantime is lost) and set ``<attack>_top1`` / ``<attack>_threat``; atomic."""
+    """Append ``entry`` to the summary's ``attacks`` and set ``<attack>_top1`` /
+    ``<attack>_threat`` to it."""
+    record_in_summary(path, "attacks", entry, {f"{entry['attack']}_top1": entry["robust_top1"],
+                                               f"{entry['attack']}_threat": threat})
+
+
+def record_in_summary(path: Path, key: str, entry: dict[str, Any], latest: dict[str, Any]
+                      ) -> None:
+    """Append ``entry`` to the summary's list ``key`` and set the ``latest`` keys (what
+    reports show of the newest entry). The summary is read again now, so nothing written in
+    the meantime is lost, and rewritten atomically; a summary that cannot be read, or whose
+    ``key`` is not a list, is an error and stays as it is."""
     from hundred.io import write_json
 
     try:
         summary = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
         raise HundredError(f"{path} is unreadable ({error})") from None
-    attacks = summary.get("attacks") or []
-    if not isinstance(attacks, list):
-        raise HundredError(f"{path}: 'attacks' is not a list; left as it is")
-    summary["attacks"] = [*attacks, entry]
-    summary[f"{entry['attack']}_top1"] = entry["robust_top1"]
-    summary[f"{entry['attack']}_threat"] = threat
+    earlier = summary.get(key) or []
+    if not isinstance(earlier, list):
+        raise HundredError(f"{path}: {key!r} is not a list; left as it is")
+    summary[key] = [*earlier, entry]
+    summary.update(latest)
     write_json(path, summary)

@@ -29,7 +29,11 @@ to ``[0, 255]`` and rounded to the nearest integer (the official code truncates,
 images darker by half a level on average).
 
 Poisons are registered in :data:`POISONS` (name -> :class:`Poison` subclass), so other
-availability or backdoor poisons can join with their own ``Params``.
+availability or backdoor poisons can join with their own ``Params``. Hooks a poison may
+override: :meth:`Poison.select` (which rows; default: uniform over the split),
+:meth:`Poison.prepare` (learn from the clean training set first, e.g. a trigger generator),
+:meth:`Poison.write_files` (extra files in the output, e.g. ``trigger.safetensors``). The
+backdoors ``blto`` and ``patch`` live in :mod:`hundred.tracks.robust.backdoor`.
 """
 
 from __future__ import annotations
@@ -77,12 +81,31 @@ class Poison(ABC):
         self.num_classes = num_classes
         self.params = params
 
+    #: how :meth:`select` chooses the rows, for meta.json
+    selection: ClassVar[str] = ("round(fraction * N) rows uniformly without replacement over "
+                                "the whole split (global, not per class), from the key")
+
     @abstractmethod
     def apply(self, images: np.ndarray, labels: np.ndarray) -> np.ndarray:
         """Poisoned copies of ``images`` (uint8 ``N, H, W, 3``) whose classes are ``labels``."""
 
     def record(self) -> dict[str, Any]:
         """JSON-safe facts for meta.json (never the key)."""
+        return {}
+
+    def select(self, labels: np.ndarray, fraction: float) -> np.ndarray:
+        """Boolean mask of the rows to poison (labels of the whole split); bad requests raise
+        :class:`HundredError` (called before anything is written)."""
+        return _selection(self.key, len(labels), fraction)
+
+    def prepare(self, images: np.ndarray, labels: np.ndarray, mask: np.ndarray,
+                device: str = "auto") -> None:
+        """Learn what :meth:`apply` needs from the clean split (``images`` uint8, maybe
+        memory-mapped) before anything is written; ``mask``: the rows to be poisoned."""
+
+    def write_files(self, directory: Path) -> dict[str, Any]:
+        """Write extra files into the output ``directory`` (atomically); returns meta.json
+        facts about them (names, sha256), merged into the poison record."""
         return {}
 
 
@@ -277,7 +300,7 @@ def _write_split(partial: Path, source: Path, entry: dict[str, Any], labels: np.
 
 def poison_packed(source: str | os.PathLike, out: str | os.PathLike, method: str = "cuda", *,
                   key: int, fraction: float = 1.0, replace: bool = False,
-                  **params: Any) -> dict[str, Any]:
+                  device: str = "auto", **params: Any) -> dict[str, Any]:
     """Write a poisoned copy of the packed dataset ``source`` to ``out``; returns its meta.json.
 
     The ``train`` split's images are poisoned (a ``fraction`` of them, chosen by ``key``);
@@ -288,7 +311,8 @@ def poison_packed(source: str | os.PathLike, out: str | os.PathLike, method: str
     fingerprint, and a fingerprint of what the key generated — not the key. Built in
     ``OUT.partial-<pid>`` and renamed into place; an existing ``out`` is refused unless
     ``replace`` (and then only a packed dataset or an empty directory is replaced). Bad input
-    raises :class:`HundredError` before anything is written.
+    raises :class:`HundredError` before anything is written. ``device`` is where a poison that
+    learns (:meth:`Poison.prepare`, e.g. BLTO's generator) trains.
     """
     from hundred import __version__
     from hundred.data.pack import META, is_packed, load_packed, record_arrays
@@ -312,8 +336,9 @@ def poison_packed(source: str | os.PathLike, out: str | os.PathLike, method: str
     _check_space(out, meta)
     poison = cls(key, dataset.num_classes, checked)
     labels = np.asarray(dataset.arrays(SPLIT).labels)
-    mask = _selection(key, len(labels), fraction)
+    mask = poison.select(labels, fraction)
     mask_name = f"{SPLIT}{MASK_SUFFIX}"
+    poison.prepare(dataset.arrays(SPLIT).images, labels, mask, device)
 
     partial = out.with_name(f"{out.name}.partial-{os.getpid()}")
     try:
@@ -333,6 +358,7 @@ def poison_packed(source: str | os.PathLike, out: str | os.PathLike, method: str
             names += [entry["images"], entry["labels"]]
         np.save(partial / mask_name, mask, allow_pickle=False)
         names.append(mask_name)
+        extra = poison.write_files(partial)
         record = {
             "method": method,
             "paper": cls.paper,
@@ -343,11 +369,11 @@ def poison_packed(source: str | os.PathLike, out: str | os.PathLike, method: str
             "of": int(len(mask)),
             "poisoned_per_class": np.bincount(labels[mask], minlength=dataset.num_classes
                                               ).tolist(),
-            "selection": "round(fraction * N) rows uniformly without replacement over the "
-                         "whole split (global, not per class), from the key",
+            "selection": poison.selection,
             "mask": mask_name,
             "key": "private: not recorded (filters and rows were drawn from it)",
             **poison.record(),
+            **extra,
             "source": {"path": str(source), "name": meta["name"],
                        "fingerprint": fingerprint(dataset)},
             "unchanged": sorted(split for split in meta["splits"] if split != SPLIT),
@@ -384,9 +410,10 @@ def add_poison_command(data_commands: Any) -> None:
         "The key is not recorded: keep it to recognise the data later.")
     parser.add_argument("packed", help="packed dataset directory (hundred data pack)")
     parser.add_argument("--method", default="cuda", choices=sorted(POISONS),
-                        help="poison (default cuda)")
+                        help="poison (default cuda; backdoors: blto, patch)")
     parser.add_argument("--key", type=int, required=True,
-                        help="private integer seed of the filters and of the poisoned rows")
+                        help="private integer seed of the filters/trigger and of the poisoned "
+                        "rows")
     parser.add_argument("--out", required=True, help="output directory (must not exist)")
     parser.add_argument("--fraction", type=float, default=1.0,
                         help="share of train images to poison, in [0, 1] (default 1)")
@@ -394,19 +421,49 @@ def add_poison_command(data_commands: Any) -> None:
                         help="CUDA blur parameter bp (default 0.3)")
     parser.add_argument("--kernel-size", type=int, default=None,
                         help="CUDA filter side (odd, default 3)")
+    parser.add_argument("--target-class", type=int, default=None,
+                        help="backdoors (blto, patch): the attack's target class; its images "
+                        "are the ones poisoned (default 0)")
+    parser.add_argument("-o", "--option", action="append", default=[], metavar="NAME=VALUE",
+                        help="any other parameter of the method, e.g. -o steps=200 -o "
+                        "eps=8/255 (see docs/robust.md)")
+    parser.add_argument("--device", default="auto",
+                        help="where a learnt poison (blto) trains: auto, cpu, cuda ...")
     parser.add_argument("--replace", "--force", dest="replace", action="store_true",
                         help="replace an existing packed --out")
     parser.set_defaults(func=_cmd_data_poison)
 
 
 def _cmd_data_poison(args: argparse.Namespace) -> None:
-    params = {name: value for name, value in (("blur", args.blur),
-                                              ("kernel_size", args.kernel_size))
-              if value is not None}
+    from hundred.cli import parse_options
+
+    params: dict[str, Any] = {name.replace("-", "_"): value for name, value in
+                              parse_options(getattr(args, "option", None) or []).items()}
+    params.update({name: value for name, value in (("blur", args.blur),
+                                                   ("kernel_size", args.kernel_size),
+                                                   ("target_class",
+                                                    getattr(args, "target_class", None)))
+                   if value is not None})
     meta = poison_packed(args.packed, args.out, args.method, key=args.key,
-                         fraction=args.fraction, replace=args.replace, **params)
+                         fraction=args.fraction, replace=args.replace,
+                         device=getattr(args, "device", "auto"), **params)
     record = meta["poison"]
     print(f"poisoned {record['poisoned']} of {record['of']} {record['split']} images of "
           f"{record['source']['name']} with {record['method']} into {args.out} "
-          f"(filters sha256 {str(record.get('filters_sha256', '-'))[:16]}; "
+          f"({_fingerprint_note(record)}; "
           f"{', '.join(record['unchanged']) or 'no other split'} unchanged)")
+
+
+def _fingerprint_note(record: dict[str, Any]) -> str:
+    if "filters_sha256" in record:
+        return f"filters sha256 {str(record['filters_sha256'])[:16]}"
+    trigger = record.get("trigger")
+    if isinstance(trigger, dict) and "sha256" in trigger:
+        return f"target class {record.get('target_class')}, trigger {trigger['file']} sha256 " \
+            f"{str(trigger['sha256'])[:16]}"
+    return "no fingerprint"
+
+
+# the backdoor poisons (blto, patch) register themselves into POISONS on import; last, so
+# that everything they import from this module exists
+from hundred.tracks.robust import backdoor as _backdoor  # noqa: E402,F401

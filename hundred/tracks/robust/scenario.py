@@ -23,11 +23,12 @@ import torch
 from hundred.config import RunConfig, with_values
 from hundred.data import Dataset
 from hundred.engine.init import init_model_weights, resumes_from_checkpoint
-from hundred.engine.run import RunContext, eval_loader, finish_run, image_size, load_data, running
-from hundred.engine.trainer import Trainer
+from hundred.engine.run import (RunContext, eval_loader, finish_run, fit, image_size, load_data,
+                                running)
 from hundred.errors import HundredError
 from hundred.models import Classifier, create
-from hundred.tracks.robust.attacks import ThreatModel, attack_spec, robust_accuracy
+from hundred.tracks.robust.attacks import (ThreatModel, attack_spec, attack_subset,
+                                           robust_accuracy)
 from hundred.tracks.robust.config import eps_label
 from hundred.tracks.robust.method import AdversarialTraining, RobustMethod, training_threat
 
@@ -82,12 +83,7 @@ def run(config: RunConfig, method: RobustMethod, resume_dir: Path | None = None
         if init_weights is not None:
             model.load_state_dict(init_weights, strict=whole_model)
         loader = method.train_loader(ctx, dataset)
-        trainer = Trainer(config, model, method, loader,
-                          eval_loader(ctx, dataset) if ctx.dist.is_main else None,
-                          ctx.device, ctx.run_dir, ctx.dist, ctx.console)
-        if ctx.resumed and trainer.resume():
-            ctx.console.print(f"resumed {ctx.run_dir} after epoch {trainer.start_epoch}")
-        result = trainer.fit()
+        trainer, result = fit(ctx, model, method, loader, dataset)
         evaluated = trainer.ema.module if trainer.ema is not None else model
         attacks = evaluate_attacks(ctx, evaluated, dataset) if ctx.dist.is_main else []
         # pictures of the model for the report (dat: samples.png, ReportSpec.images)
@@ -124,10 +120,10 @@ def evaluate_attacks(ctx: RunContext, model: torch.nn.Module, dataset: Dataset
     for name in config.robust.eval_attacks:
         ctx.console.print(f"attacking val: {attack_label(name, threat)} at "
                           f"{config.robust.label()}", highlight=False)
-        result = robust_accuracy(model, eval_loader(ctx, dataset), config.data.mean,
-                                 config.data.std, name, threat, dataset.num_classes,
-                                 seed=config.seed, limit=config.robust.eval_limit,
-                                 device=ctx.device)
+        rows = attack_subset(len(dataset.arrays("val").labels), config.robust.eval_limit)
+        result = robust_accuracy(model, eval_loader(ctx, dataset, indices=rows),
+                                 config.data.mean, config.data.std, name, threat,
+                                 dataset.num_classes, seed=config.seed, device=ctx.device)
         entries.append({**result, "split": "val", "source": "end of run"})
     return entries
 

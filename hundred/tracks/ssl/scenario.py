@@ -9,9 +9,8 @@ from typing import Any
 
 from hundred.config import RunConfig
 from hundred.data.augment import view_specs
-from hundred.engine.run import (eval_loader, finish_run, image_size, load_data, running,
+from hundred.engine.run import (eval_loader, finish_run, fit, image_size, load_data, running,
                                 train_loader)
-from hundred.engine.trainer import Trainer
 from hundred.models import create
 from hundred.tracks.ssl.method import SSLMethod
 
@@ -31,12 +30,7 @@ def run(config: RunConfig, method: SSLMethod, resume_dir: Path | None = None
                        **config.model.options)
         loader = (train_loader(ctx, dataset, views=method.views, view_augments=recipes)
                   if recipes else train_loader(ctx, dataset))
-        trainer = Trainer(config, model, method, loader,
-                          eval_loader(ctx, dataset) if ctx.dist.is_main else None,
-                          ctx.device, ctx.run_dir, ctx.dist, ctx.console)
-        if ctx.resumed and trainer.resume():
-            ctx.console.print(f"resumed {ctx.run_dir} after epoch {trainer.start_epoch}")
-        result = trainer.fit()
+        trainer, result = fit(ctx, model, method, loader, dataset)
         online = {key.replace("val_", "online_"): value for key, value in result.final.items()}
         offline: dict[str, Any] = {}
         if config.ssl.offline_eval and ctx.dist.is_main:

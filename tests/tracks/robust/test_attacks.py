@@ -7,6 +7,7 @@ by AutoAttack doing better than PGD."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -144,3 +145,14 @@ def test_the_registry_takes_a_plugged_in_attack_and_checks_its_budget():
         ATTACKS.pop("too_strong_for_test")
     with pytest.raises(HundredError, match="unknown attack 'nope'"):
         accuracy(linear_model(), "nope", ThreatModel())
+
+
+def test_an_attack_limit_draws_a_fixed_sample_across_the_split_not_its_first_rows():
+    from hundred.tracks.robust.attacks import attack_subset
+
+    labels = np.repeat(np.arange(10), 50)  # packed splits are sorted by class
+    rows = attack_subset(len(labels), 100)
+    assert len(rows) == len(set(rows.tolist())) == 100 and np.all(np.diff(rows) > 0)
+    assert len(set(labels[rows].tolist())) == 10  # the first 100 rows hold 2 classes
+    assert np.array_equal(rows, attack_subset(len(labels), 100))  # the same every time
+    assert attack_subset(500, None) is None and attack_subset(500, 500) is None
