@@ -110,6 +110,24 @@ class RunImage:
 
 
 @dataclass(frozen=True)
+class CostScatter:
+    """A scatter plot of a metric against a cost that every run records in its summary
+    (e.g. top-1 against FLOPs): one point per run, the Pareto front of the points drawn
+    (lower cost and a better metric dominate), the cost axis logarithmic when ``log_cost``.
+
+    ``cost`` is the summary key of the x value (a positive number), ``cost_label`` its axis
+    label; ``metric`` the summary key of the y value (None: the primary metric), whose
+    :class:`Metric` in the report spec says which way is better (higher when it has none).
+    ``name`` is the stem of its file names."""
+
+    cost: str
+    cost_label: str
+    metric: str | None = None
+    log_cost: bool = True
+    name: str = "scatter"
+
+
+@dataclass(frozen=True)
 class ReportSpec:
     """What reports need from a track's summaries and which columns its tables show.
 
@@ -121,7 +139,8 @@ class ReportSpec:
     model does (e.g. an exemplar memory size, or the teacher a run distilled): they split
     rows and get a column when rows differ in them. ``steps`` declares per-step series,
     ``histograms`` per-epoch histograms of the runs' ``metrics.jsonl`` (:class:`EpochHistogram`),
-    ``images`` pictures the runs write (:class:`RunImage`).
+    ``images`` pictures the runs write (:class:`RunImage`), ``scatters`` metric-against-cost
+    plots with their Pareto fronts (:class:`CostScatter`).
     """
 
     metrics: tuple[Metric, ...]
@@ -132,6 +151,7 @@ class ReportSpec:
     steps: StepSeries | None = None
     histograms: tuple[EpochHistogram, ...] = ()
     images: tuple[RunImage, ...] = ()
+    scatters: tuple[CostScatter, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.metrics:

@@ -1,7 +1,9 @@
 """PNG figures for leaderboards of tracks with per-step results (``ReportSpec.steps``): a
 curve over the steps with a ± std band, and a heatmap of the step x step matrix per row; and
 for tracks that declare per-epoch histograms (``ReportSpec.histograms``), one figure per row
-of the histograms its first seed's run logged at its first, middle and last epochs.
+of the histograms its first seed's run logged at its first, middle and last epochs; and for
+tracks that declare cost scatters (``ReportSpec.scatters``), a metric against a cost, one
+point per run, with the Pareto front drawn.
 
 Figures are drawn on a bare :class:`~matplotlib.figure.Figure` with an explicit Agg canvas
 instead of through ``pyplot``: no global backend is switched (a notebook that imports
@@ -23,10 +25,10 @@ from matplotlib.ticker import MaxNLocator
 
 from hundred.io import atomic_open
 from hundred.report.aggregate import GroupRow, curve, mean_matrix, settings_labels
-from hundred.report.collect import (Histogram, Warn, load_epoch_records, parse_histogram,
-                                    print_warning)
+from hundred.report.collect import (Histogram, Warn, finite_number, load_epoch_records,
+                                    parse_histogram, print_warning)
 from hundred.report.tables import Table
-from hundred.track import EpochHistogram, RunImage, StepSeries
+from hundred.track import CostScatter, EpochHistogram, RunImage, StepSeries
 
 DPI = 150
 MAX_ANNOTATED_TASKS = 20  # beyond this, numbers in the heatmap cells become unreadable
@@ -256,6 +258,11 @@ def plot_table(table: Table, out: Path, taken: set[str], warn: Warn = print_warn
     rows = table.rows
     group = slug(f"{rows[0].data}_{rows[0].scenario}" if rows[0].scenario else rows[0].data)
     plots = _step_plots(rows, group, out, taken, warn)
+    for scatter in rows[0].spec.scatters:
+        path = _free_name(out, f"{scatter.name}_{group}", taken)
+        plot = cost_scatter(rows, scatter, path, warn)
+        if plot is not None:
+            plots.append(plot)
     for row in rows:
         for spec in row.spec.histograms:
             label = row_label(row, rows)
@@ -318,3 +325,73 @@ def _step_plots(rows: Sequence[GroupRow], group: str, out: Path, taken: set[str]
                                     f"row t ({steps.matrix_row_label} t), column j "
                                     f"({steps.matrix_column_label} j)."))
     return plots
+
+
+def pareto_front(points: Sequence[tuple[float, float]], higher_is_better: bool = True
+                 ) -> list[tuple[float, float]]:
+    """The points of ``points`` (cost, value) that no other point dominates (a cost as low or
+    lower and a value strictly better, or a strictly lower cost and a value as good), by
+    increasing cost; of equal points one is kept."""
+    sign = 1.0 if higher_is_better else -1.0
+    ordered = sorted(points, key=lambda point: (point[0], -sign * point[1]))
+    front: list[tuple[float, float]] = []
+    for cost, value in ordered:
+        if not front or sign * value > sign * front[-1][1]:
+            front.append((cost, value))
+    return front
+
+
+def cost_scatter(rows: Sequence[GroupRow], scatter: CostScatter, path: Path,
+                 warn: Warn = print_warning) -> Plot | None:
+    """The metric ``scatter.metric`` (the primary one when None) against the cost
+    ``scatter.cost`` of every run of ``rows``: one point per run, a colour and marker per
+    row, and the Pareto front of all the points as a staircase. Runs without a finite cost
+    (positive on a log axis) or metric are left out, with a warning per row; None when no
+    run has both."""
+    spec = rows[0].spec
+    key = scatter.metric or spec.primary.key
+    metric = next((m for m in spec.metrics if m.key == key), None)
+    label = metric.label if metric is not None else key
+    higher = metric.higher_is_better if metric is not None else True
+    figure = Figure(figsize=(7.0, 4.6), layout="constrained")
+    ax = figure.add_subplot()
+    points: list[tuple[float, float]] = []
+    for index, row in enumerate(rows):
+        mine = []
+        for run in row.runs:
+            cost, value = finite_number(run.get(scatter.cost)), finite_number(run.get(key))
+            if cost is None or value is None or (scatter.log_cost and cost <= 0):
+                continue
+            mine.append((cost, value))
+        if len(mine) < len(row.runs):
+            warn(f"{len(row.runs) - len(mine)} of the {len(row.runs)} runs of "
+                 f"{_where(row, rows)} lack {scatter.cost} or {key}: left out of the "
+                 f"{label}-vs-{scatter.cost_label} plot")
+        if not mine:
+            continue
+        ax.scatter([c for c, _ in mine], [v for _, v in mine], s=36, alpha=0.85,
+                   color=f"C{index % 10}", marker=_MARKERS[index % len(_MARKERS)],
+                   label=f"{row_label(row, rows)} · n={len(mine)}", zorder=3)
+        points += mine
+    if not points:
+        return None
+    front = pareto_front(points, higher)
+    # the staircase runs on to the costliest run: what the front reaches at any cost
+    stairs = [*front, (max(c for c, _ in points), front[-1][1])]
+    ax.step([c for c, _ in stairs], [v for _, v in stairs], where="post", color="0.25",
+            linewidth=1.3, linestyle="--", label="Pareto front", zorder=2)
+    ax.scatter([c for c, _ in front], [v for _, v in front], s=110, facecolors="none",
+               edgecolors="0.25", linewidths=1.1, zorder=4)
+    if scatter.log_cost:
+        ax.set_xscale("log")
+    ax.set_xlabel(scatter.cost_label + (" (log scale)" if scatter.log_cost else ""))
+    ax.set_ylabel(label)
+    ax.set_title(_setting(rows[0]), fontsize=13)
+    ax.grid(True, alpha=0.3, which="both")
+    ax.legend(title="one point per run", fontsize=8, title_fontsize=8, loc="best",
+              framealpha=0.9)
+    better = "higher" if higher else "lower"
+    caption = (f"{label} against {scatter.cost_label}, {_setting(rows[0])}: one point per run; "
+               f"the dashed line is the Pareto front (no other run has a lower cost and a "
+               f"{better} {label}).")
+    return Plot(_save(figure, path), caption)

@@ -1,0 +1,57 @@
+"""What a compress method adds to the engine's hook set.
+
+The scenario trains the model with the shared trainer (``loss`` and the engine's hooks, as in
+every track), then asks the method for the model it produced and measures that one
+(:mod:`hundred.engine.cost`). A method overrides only what its paper needs:
+
+* ``needs_flops_target`` — the method aims at ``compress.flops_target`` (a pruning method);
+  the scenario refuses a run without one before anything is written;
+* :meth:`CompressMethod.prepare` — with the loaded data, before the run directory exists:
+  check what the method needs (e.g. that Torch-Pruning can trace the model), so a run that
+  cannot work writes nothing;
+* :meth:`CompressMethod.train_loader` — the training batches (a method that alternates
+  weight and architecture updates on two halves of the train split supplies its own);
+* :meth:`CompressMethod.compressed_model` — after training: the model to measure and export
+  (a pruning method physically removes its zeroed groups here). The default is the trained
+  model itself, which is what the dense baseline and memory-saving training export.
+
+The exported model must be buildable from the run's ``model:`` config (``model.name`` and
+``model.options``): that is what ``--init RUN_DIR`` and ``hundred attack RUN_DIR`` build
+before loading the weights. A method whose compressed model has other layer widths must
+describe them in ``model.options`` (see docs/compress.md, "Exporting a pruned shape").
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar
+
+from hundred.config import RunConfig
+from hundred.data import Dataset
+from hundred.engine.method import Method
+
+if TYPE_CHECKING:
+    from hundred.data.loader import BatchLoader
+    from hundred.engine.run import RunContext
+    from hundred.models import Classifier
+
+
+class CompressMethod(Method):
+    """Base class of the compress track's methods."""
+
+    needs_flops_target: ClassVar[bool] = False
+
+    def prepare(self, config: RunConfig, dataset: Dataset, image_size: int) -> None:
+        """Called once the data is loaded, before the run directory is created: check what
+        the method needs (nothing by default)."""
+
+    def train_loader(self, ctx: RunContext, dataset: Dataset) -> BatchLoader:
+        """The training batches: the run's augmentation of the train split."""
+        from hundred.engine.run import train_loader
+
+        return train_loader(ctx, dataset, views=self.views)
+
+    def compressed_model(self, model: Classifier) -> Classifier:
+        """The model this method produced from the trained ``model`` (the EMA model when the
+        run keeps one): the one that is measured, evaluated and exported. The trained model
+        itself by default."""
+        return model

@@ -1,0 +1,1 @@
+"""Methods of the compress track, one file each."""
