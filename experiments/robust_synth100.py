@@ -254,7 +254,7 @@ def backdoor_table(out: Path, seeds: int, epochs: int = BACKDOOR_EPOCHS,
                 def found() -> list[dict[str, Any]]:
                     summary = json.loads((run_dir / "summary.json").read_text())
                     return [b for b in summary.get("backdoors", [])
-                            if b["trigger_sha256"] == sha]
+                            if b["trigger_sha256"] == sha and "probe_data" in b]
 
                 if not found():
                     runs.hundred("backdoor", str(run_dir), "--poison", str(pack))

@@ -399,12 +399,18 @@ def attack_success_rate(train_x: torch.Tensor, train_y: torch.Tensor,
 
 
 def backdoor_run(run_dir: Path, poisoned: Path, *, device: str = "auto",
-                 batch_size: int | None = None, probe_epochs: int | None = None
-                 ) -> dict[str, Any]:
+                 batch_size: int | None = None, probe_epochs: int | None = None,
+                 probe_data: Path | None = None) -> dict[str, Any]:
     """Attack success rate of the trigger of ``poisoned`` against the finished run
     ``run_dir`` (e.g. an ssl run pre-trained on ``poisoned``, or on clean data for the
     baseline rate), and the probe's clean top-1; written into the run's summary
-    (``backdoor_asr``, ``backdoor_clean_top1``, ``backdoor``). Bad input writes nothing."""
+    (``backdoor_asr``, ``backdoor_clean_top1``, ``backdoor``). Bad input writes nothing.
+
+    The probe is the downstream user's: it trains on the *clean* labelled training set, the
+    pack the poison was made from (``probe_data``, default the source recorded in the
+    poison's meta.json, checked by its fingerprint). Training it on the poisoned pack's other
+    rows instead would drop the target class's poisoned images, and with it the whole target
+    class when every target-class image is poisoned."""
     import torch
 
     from hundred.data.loader import BatchLoader
@@ -453,8 +459,11 @@ def backdoor_run(run_dir: Path, poisoned: Path, *, device: str = "auto",
     model.to(torch_device)
     started = time.perf_counter()
 
-    poisoned_rows = np.load(poisoned / record["mask"], allow_pickle=False)
-    keep = np.flatnonzero(~poisoned_rows)  # the downstream user's clean labelled data
+    clean_train = _clean_source(record, probe_data).arrays("train")
+    if len(clean_train.labels) != len(train.labels) or not np.array_equal(
+            np.asarray(clean_train.labels), np.asarray(train.labels)):
+        raise HundredError(f"the probe data's train labels differ from those of {poisoned}: "
+                           "give the pack it was poisoned from (--probe-data)")
     val_images = np.asarray(val.images)
     triggered = trigger.apply(val_images, str(torch_device))
     data = config.data
@@ -468,7 +477,7 @@ def backdoor_run(run_dir: Path, poisoned: Path, *, device: str = "auto",
         return extract_features(model, loader, torch_device)
 
     labels_train, labels_val = np.asarray(train.labels), np.asarray(val.labels)
-    train_x, train_y = features(np.asarray(train.images), labels_train, keep)
+    train_x, train_y = features(np.asarray(clean_train.images), labels_train)
     val_x, val_y = features(val_images, labels_val)
     trig_x, _ = features(triggered, labels_val)
     ssl = getattr(config, "ssl", None)
@@ -482,12 +491,38 @@ def backdoor_run(run_dir: Path, poisoned: Path, *, device: str = "auto",
         "poison": str(poisoned.absolute()), "method": trigger.method, "target_class": target,
         "trigger_sha256": record["trigger"]["sha256"], "fraction": record.get("fraction"),
         "poisoned": record.get("poisoned"), "of": record.get("of"),
-        "asr_images": int((labels_val != target).sum()), "probe_train_images": int(len(keep)),
+        "asr_images": int((labels_val != target).sum()), "probe_train_images": int(len(labels_train)),
+        "probe_data": str(_source_path(record, probe_data)),
         "probe": probe, "seconds": round(time.perf_counter() - started, 2),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     _record(run_dir / SUMMARY, asr, clean.top1, entry)
     return {"backdoor_asr": asr, "backdoor_clean_top1": clean.top1, **entry}
+
+
+def _source_path(record: dict[str, Any], probe_data: Path | None) -> Path:
+    if probe_data is not None:
+        return Path(probe_data)
+    return Path(record.get("source", {}).get("path", ""))
+
+
+def _clean_source(record: dict[str, Any], probe_data: Path | None) -> Any:
+    """The clean pack the poison was made from (or ``probe_data``), checked by the
+    fingerprint the poison recorded."""
+    from hundred.data.pack import is_packed, load_packed
+    from hundred.data.subset import fingerprint
+
+    path = _source_path(record, probe_data)
+    if not is_packed(path):
+        raise HundredError(f"the probe trains on the clean pack the poison was made from, "
+                           f"{path}, which is not a packed dataset (moved?): give it with "
+                           "--probe-data PACKED")
+    source = load_packed(path)
+    expected = record.get("source", {}).get("fingerprint")
+    if expected is not None and fingerprint(source) != expected:
+        raise HundredError(f"{path} is not the pack the poison was made from (its fingerprint "
+                           "differs)")
+    return source
 
 
 def _record(path: Path, asr: float, clean: float, entry: dict[str, Any]) -> None:

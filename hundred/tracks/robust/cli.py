@@ -108,13 +108,15 @@ def _add_backdoor(commands: Any) -> None:
         "backdoor", help="attack success rate of a poisoned pack's backdoor trigger against a "
         "finished (ssl) run, written into its summary",
         description="Linear probe on RUN_DIR's frozen backbone, trained on the clean labelled "
-        "train images of --poison (the poisoned rows left out); backdoor_clean_top1 is its "
+        "train images the poison was made from; backdoor_clean_top1 is its "
         "top-1 on the clean val split, backdoor_asr the share of triggered val images of the "
         "other classes it assigns to the trigger's target class. Bad input writes nothing.")
     parser.add_argument("run_dir", help="a finished run directory (e.g. hundred run ssl "
                         "simsiam --data POISONED)")
     parser.add_argument("--poison", required=True, help="the poisoned pack holding the "
                         "trigger (hundred data poison --method blto|patch)")
+    parser.add_argument("--probe-data", help="the clean pack the probe trains on (default: "
+                        "the pack the poison was made from, as its meta.json records)")
     parser.add_argument("--probe-epochs", type=int, help="epochs of the linear probe "
                         "(default: the run's ssl.probe_epochs)")
     parser.add_argument("--batch-size", type=int, help="images per feature batch (default: "
@@ -131,7 +133,8 @@ def _cmd_backdoor(args: argparse.Namespace) -> None:
     from hundred.tracks.robust.backdoor import backdoor_run
 
     entry = backdoor_run(Path(args.run_dir), Path(args.poison), device=args.device,
-                         batch_size=args.batch_size, probe_epochs=args.probe_epochs)
+                         batch_size=args.batch_size, probe_epochs=args.probe_epochs,
+                         probe_data=Path(args.probe_data) if args.probe_data else None)
     Console().print(f"{args.run_dir}: {entry['method']} trigger (target class "
                     f"{entry['target_class']}): attack success rate "
                     f"{entry['backdoor_asr']:.2f} % of {entry['asr_images']} images, probe "

@@ -190,6 +190,10 @@ def test_poison_pretrain_then_backdoor_writes_the_numbers(clean, blto_pack, tmp_
     (empty / "summary.json").write_text(summary_before)
     with pytest.raises(HundredError, match="no checkpoint"):
         backdoor_run(empty, blto_pack, device="cpu")
+    with pytest.raises(HundredError, match="fingerprint differs"):
+        backdoor_run(run_dir, blto_pack, device="cpu", probe_data=patch_pack)
+    with pytest.raises(HundredError, match="--probe-data"):
+        backdoor_run(run_dir, blto_pack, device="cpu", probe_data=tmp_path / "moved")
     assert (run_dir / "summary.json").read_text() == summary_before  # nothing written
 
     entry = backdoor_run(run_dir, blto_pack, device="cpu")
@@ -197,7 +201,10 @@ def test_poison_pretrain_then_backdoor_writes_the_numbers(clean, blto_pack, tmp_
     summary = json.loads((run_dir / "summary.json").read_text())
     assert 0 <= entry["backdoor_asr"] <= 100 and 0 <= entry["backdoor_clean_top1"] <= 100
     assert entry["asr_images"] == (CLASSES - 1) * VAL  # target-class images left out
-    assert entry["probe_train_images"] == CLASSES * TRAIN - 3
+    # the probe trains on the whole clean source pack, the poisoned rows' clean images too
+    assert entry["probe_train_images"] == CLASSES * TRAIN
+    assert entry["probe_data"] == str(clean.absolute()) or \
+        Path(entry["probe_data"]).resolve() == Path(clean).resolve()
     assert [b["method"] for b in summary["backdoors"]] == ["blto", "patch"]
     assert summary["backdoor"]["method"] == "patch" and summary["backdoor"]["probe"][
         "epochs"] == 3
