@@ -238,6 +238,8 @@ class Trainer:
                                       for p in group["params"]], self.config.train.grad_clip)
         self.optimizer.step()
         self.method.after_optimizer_step(self.model)
+        if self.ema is not None:  # after the method's own step (e.g. a pruning mask re-applied)
+            self.ema.update(self.model)
         return loss.detach()
 
     def _average_method_gradients(self) -> None:

@@ -157,6 +157,21 @@ def test_ema_and_label_smoothing_run(tmp_path):
     assert any(k.startswith("ema.") for k in weights)
 
 
+def test_the_ema_follows_the_weights_after_every_step(tmp_path):
+    """decay ~0: the EMA is the model itself after each step; decay 0.9: an average that
+    lags the model (a never-updated EMA would stay at the initial weights)."""
+    for decay, name in ((1e-6, "copy"), (0.9, "lagging")):
+        summary = TRACK.run(tiny(tmp_path, f"train.ema_decay={decay}", "train.epochs=1",
+                                 f"name={name}"))
+        weights = final_weights(Path(summary["run_dir"]))
+        model = {k: v for k, v in weights.items() if not k.startswith(("ema.", "method."))}
+        ema = {k[4:]: v for k, v in weights.items() if k.startswith("ema.")}
+        assert ema.keys() == model.keys()
+        same = all(torch.allclose(ema[k], model[k], atol=1e-4) for k in model
+                   if model[k].is_floating_point())
+        assert same == (decay < 0.5)
+
+
 def test_model_input_size_can_differ_from_the_data_resolution(tmp_path):
     """Pack a margin (20 px), train and evaluate on 16 px crops: the usual ImageNet recipe."""
     summary = TRACK.run(tiny(tmp_path, "train.epochs=1", "data.image_size=16",
