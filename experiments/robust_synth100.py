@@ -37,7 +37,9 @@
   of the other 9 classes assigned to class 0) and the probe's clean top-1. The clean
   victim's rate is the baseline (a trigger that does nothing still lands some images in
   class 0). Both triggers are also run at 10 % (every target-class image) as a check that a
-  backdoor can be planted at all at this size. Per seed s, the attacker's key is KEY + s and the victim's seed is s.
+  backdoor can be planted at all at this size, and a supervised ERM model trained on those
+  10 % packs (where the trigger marks every class-0 training image, a shortcut) is the
+  positive control of the measurement. Per seed s, the attacker's key is KEY + s and the victim's seed is s.
 
 Runs are ordinary run directories under ``--out`` with fixed names, so running the script
 again skips finished runs and resumes a killed one:
@@ -86,6 +88,8 @@ BACKDOOR_EPOCHS, BLTO_STEPS = 40, 150
 BLTO_OPTIONS = ("inner_steps=2", "reinit_every=50", "batch_size=64", "generator_width=16",
                 "surrogate=resnet20", "surrogate_options={width: 8}", "proj_dim=256",
                 "pred_hidden_dim=64", "generator_lr=0.001")
+SUPERVISED = ("--model", "resnet20", "--batch-size", "128", "-q", "--set",
+              "model.options={width: 8}")
 VICTIM = ("--model", "resnet20", "--batch-size", "128", "-q", "--set",
           "model.options={width: 8}", "--set", "ssl.augment=simclr-small", "--set",
           "method_params.proj_hidden_dim=256", "--set", "method_params.proj_output_dim=256",
@@ -240,14 +244,22 @@ def backdoor_table(out: Path, seeds: int, epochs: int = BACKDOOR_EPOCHS,
             packs[method_tag] = pack
             poisoned_count[method_tag] = json.loads((pack / "meta.json").read_text())[
                 "poison"]["poisoned"]
-        for victim, victim_data in {"clean": data, **packs}.items():
-            run_dir, _ = runs.run(out, "ssl", "simsiam",
+        # (victim, track/method, its data, the triggers measured on it)
+        victims = [("clean", ("ssl", "simsiam"), data,
+                    [m for m in packs if "-f" not in m]),
+                   *[(m, ("ssl", "simsiam"), pack, [m]) for m, pack in packs.items()],
+                   # the positive control of the measurement: a *supervised* model trained
+                   # on the 10 % pack, where the trigger marks every class-0 image
+                   *[(f"supervised-{m}", ("classify", "erm"), pack, [m])
+                     for m, pack in packs.items() if "-f" in m]]
+        for victim, (track, method_name), victim_data, triggers in victims:
+            args = ([*SUPERVISED, "--epochs", str(epochs)] if track == "classify" else
+                    [*VICTIM, "--epochs", str(epochs)])
+            run_dir, _ = runs.run(out, track, method_name,
                                   f"backdoor-{victim}-k{blto_steps}-e{epochs}-s{seed}",
-                                  ["--data", str(victim_data), *VICTIM, "--epochs",
-                                   str(epochs), "--seed", str(seed)])
-            for method, pack in packs.items():
-                if victim != method and (victim != "clean" or "-f" in method):
-                    continue
+                                  ["--data", str(victim_data), *args, "--seed", str(seed)])
+            for method in triggers:
+                pack = packs[method]
                 sha = json.loads((pack / "meta.json").read_text())["poison"]["trigger"][
                     "sha256"]
 
@@ -260,9 +272,13 @@ def backdoor_table(out: Path, seeds: int, epochs: int = BACKDOOR_EPOCHS,
                     runs.hundred("backdoor", str(run_dir), "--poison", str(pack))
                 result = found()[-1]
                 share = poisoned_count[method] / 10  # of the 1000 training images, in %
-                label = (f"{method} trigger on a victim pre-trained on clean data (baseline)"
-                         if victim == "clean" else f"{method.split('-')[0]}, {share:g} % "
-                         "poisoned" + (" (sanity check)" if "-f" in method else ""))
+                if victim == "clean":
+                    label = f"{method} trigger on a victim pre-trained on clean data (baseline)"
+                else:
+                    label = (f"{method.split('-')[0]}, {share:g} % poisoned" +
+                             (" (sanity check)" if "-f" in method else ""))
+                    if track == "classify":
+                        label += ", supervised victim (control)"
                 row = rows.setdefault(label, {"asr": [], "clean": []})
                 row["asr"].append(float(result["backdoor_asr"]))
                 row["clean"].append(float(result["backdoor_clean_top1"]))
