@@ -18,7 +18,7 @@ from hundred.engine.distributed import DistInfo
 from hundred.engine.run import RunContext, load_data, train_loader
 from hundred.errors import HundredError
 from hundred.tracks.classify import TRACK
-from hundred.tracks.classify import scenario as classify_scenario
+from hundred.engine import run as engine_run
 from hundred.tracks.classify.methods.erm import ERM
 
 # classes of 10, 20, 7 and 1 samples, interleaved as a real split is
@@ -118,9 +118,9 @@ def test_a_classify_run_trains_on_the_fraction_and_evaluates_on_all_of_val(tmp_p
         evaluated.append(loader.num_samples)
         return loader
 
-    original_loss, original_eval_loader = ERM.loss, classify_scenario.eval_loader
+    original_loss, original_eval_loader = ERM.loss, engine_run.eval_loader
     monkeypatch.setattr(ERM, "loss", counted_loss)
-    monkeypatch.setattr(classify_scenario, "eval_loader", counted_eval_loader)
+    monkeypatch.setattr(engine_run, "eval_loader", counted_eval_loader)  # what fit() calls
     summary = TRACK.run(build_config(overrides=[
         "track=classify", "method=erm", "model.name=convnet_d3", "train.device=cpu",
         "quiet=true", "data.batch_size=8", "train.epochs=1", f"root={tmp_path}",
