@@ -170,6 +170,8 @@ class TrainConfig(StrictModel):
     eval_every: int = Field(1, ge=1)
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$",
                         description="auto | cpu | cuda | cuda:N")
+    mesa: bool = Field(False, description="Mesa memory-saving training (hundred.engine.mesa): "
+                       "exact forward, 8-bit saved activations; ViTs only")
 
     @field_validator("amp", mode="before")
     @classmethod

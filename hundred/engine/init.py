@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 
 from hundred.config import ModelConfig, RunConfig, build_config
 from hundred.engine.checkpoint import _candidates, _read_checkpoint, strip_prefix
@@ -53,6 +54,7 @@ def load_finished_run(run_dir: Path, role: str, alternative: str = "") -> Finish
         raise HundredError(f"{role} {summary_path} is unreadable ({error})") from None
     if not isinstance(summary, dict):
         raise HundredError(f"{role} {summary_path} is unreadable (not a JSON object)")
+    config = _exported_architecture(config, summary, role, summary_path)
     directory = run_dir / "checkpoints"
     stems = _candidates(directory) if directory.is_dir() else []
     if not stems:
@@ -65,6 +67,23 @@ def load_finished_run(run_dir: Path, role: str, alternative: str = "") -> Finish
     model_weights = ema or {key: value for key, value in weights.items()
                             if not key.startswith(("ema.", "method."))}
     return FinishedRun(run_dir, config, summary, model_weights)
+
+
+def _exported_architecture(config: RunConfig, summary: dict[str, Any], role: str,
+                           summary_path: Path) -> RunConfig:
+    """``config`` with the model the run exported (``summary.export.model``, e.g. a pruned
+    shape: ``model.options.pruned_widths``) in place of the one it trained, when it exported
+    one: that is the model its newest checkpoint holds."""
+    export = summary.get("export")
+    exported = export.get("model") if isinstance(export, dict) else None
+    if exported is None:
+        return config
+    try:
+        model = ModelConfig.model_validate(exported)
+    except ValidationError as error:
+        raise HundredError(f"{role} {summary_path}: its export.model is not a model config "
+                           f"({str(error).splitlines()[0][:200]})") from None
+    return config.model_copy(update={"model": model})
 
 
 def architecture(model: ModelConfig) -> str:
@@ -109,8 +128,9 @@ def _fitting_backbone(found: FinishedRun, config: RunConfig, image_size: int
     theirs, ours = architecture(found.config.model), architecture(config.model)
     if (found.config.model.name, found.config.model.options) != (config.model.name,
                                                                  config.model.options):
-        raise HundredError(f"init {run_dir} trained {theirs}, but this run's model is {ours}: "
-                           "give the same model.name and model.options")
+        raise HundredError(f"init {run_dir} {'exported' if _pruned(found) else 'trained'} "
+                           f"{theirs}, but this run's model is {ours}: give the same "
+                           "model.name and model.options" + _pruned_hint(found))
     weights = strip_prefix(found.weights, "backbone.")
     try:  # the backbone's shapes, without allocating or initialising it
         with torch.device("meta"):
@@ -130,6 +150,19 @@ def _fitting_backbone(found: FinishedRun, config: RunConfig, image_size: int
         raise HundredError(f"init {run_dir}: its backbone weights do not fit this run's "
                            f"{ours} at {image_size} px ({'; '.join(problems)})")
     return weights
+
+
+def _pruned(found: FinishedRun) -> bool:
+    return "pruned_widths" in found.config.model.options
+
+
+def _pruned_hint(found: FinishedRun) -> str:
+    """How to build a pruned export's shape: its width plan as a --set."""
+    if not _pruned(found):
+        return ""
+    plan = json.dumps(found.config.model.options["pruned_widths"], separators=(", ", ": "))
+    return (f" (its pruned shape: --set 'model.options.pruned_widths={plan}', or put "
+            "model.options from its summary's export.model in a config file)")
 
 
 def resumes_from_checkpoint(resume_dir: Path | None) -> bool:

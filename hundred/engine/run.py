@@ -26,6 +26,7 @@ from hundred.data.loader import BatchLoader
 from hundred.data.subset import label_fraction_indices
 from hundred.engine.allocator import keep_freed_memory
 from hundred.engine.distributed import DistInfo, barrier, init_distributed, shutdown
+from hundred.engine.mesa import check_mesa_config
 from hundred.engine.rundir import FAILED, environment, mark_failed, new_run_dir
 from hundred.engine.trainer import resolve_device
 from hundred.errors import HundredError
@@ -54,6 +55,7 @@ def _slug(text: str) -> str:
 def start_run(config: RunConfig, resume_dir: Path | None = None) -> RunContext:
     """Seed, pick the device, join DDP if under torchrun, and create (or reopen) the run dir.
     On CPU, freed tensor memory is kept for reuse (:mod:`hundred.engine.allocator`)."""
+    check_mesa_config(config)  # a model Mesa cannot serve is refused before anything is written
     device = resolve_device(config.train.device)
     keep_freed_memory()
     dist_info = init_distributed(str(device))

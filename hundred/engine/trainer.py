@@ -13,6 +13,7 @@ is saved in every checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -144,6 +145,11 @@ class Trainer:
         method.stateful.to(device)
         method.frozen.to(device)
         self.optimizer = build_optimizer([model, method.trainable], config.optim)
+        self.mesa = None  # 8-bit saved activations of the training forward (train.mesa)
+        if config.train.mesa:
+            from hundred.engine.mesa import Mesa
+
+            self.mesa = Mesa(model)
         self.base_lrs = [group["lr"] for group in self.optimizer.param_groups]
         forward_model: nn.Module = model
         if dist_info.enabled:
@@ -183,6 +189,8 @@ class Trainer:
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "loader": {"epoch": epoch + 1, "batch": 0},
         }
+        if self.mesa is not None:  # Mesa's running quantisation estimates
+            state["mesa"] = self.mesa.state_dict()
         save_checkpoint(self.checkpoint_dir, epoch, self._weights(), state,
                         keep=self.config.train.keep_checkpoints)
 
@@ -201,6 +209,8 @@ class Trainer:
             self.method.checkpointed().load_state_dict(strip_prefix(weights, "method."))
             self.optimizer.load_state_dict(state["optimizer"])
             self.method.load_state_dict(state["method"])
+            if self.mesa is not None:
+                self.mesa.load_state_dict(state.get("mesa", {}))
         except (RuntimeError, ValueError, KeyError, TypeError) as error:
             raise HundredError(f"the checkpoint of epoch {epoch + 1} in {self.checkpoint_dir} "
                                f"does not fit this run: {str(error).splitlines()[0][:300]}"
@@ -224,11 +234,12 @@ class Trainer:
     def _train_step(self, images: Images, labels: torch.Tensor) -> torch.Tensor:
         if self.device.type == "cuda" and self.config.model.channels_last:
             images = _channels_last(images)
-        if self.autocast is not None:
-            with self.autocast:
+        with self.mesa.saving() if self.mesa is not None else contextlib.nullcontext():
+            if self.autocast is not None:
+                with self.autocast:
+                    loss = self.method.loss(self.forward_model, images, labels)
+            else:
                 loss = self.method.loss(self.forward_model, images, labels)
-        else:
-            loss = self.method.loss(self.forward_model, images, labels)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.dist.enabled:

@@ -25,6 +25,8 @@ from hundred.models.activations import CRReLU, activation_layer
 from hundred.models.backbones import CifarResNet, ConvNet
 from hundred.models.convit import convit_ca, convit_ca_tiny
 from hundred.models.heads import HEADS, CosineHead, LanguageHead, LinearHead
+from hundred.models.widths import OPTION as PRUNED_WIDTHS
+from hundred.models.widths import apply_widths
 
 __all__ = ["Classifier", "CosineHead", "CRReLU", "LanguageHead", "LinearHead", "LOCAL_MODELS",
            "create", "create_backbone"]
@@ -101,6 +103,12 @@ def _vit_32(img_size: int = 32, activation: str | None = None, **kwargs: Any) ->
     return TimmBackbone(model)
 
 
+def _spiking_vgg(img_size: int = 32, **kwargs: Any) -> nn.Module:
+    from hundred.models.spiking import SpikingVGG  # snntorch is imported only when used
+
+    return SpikingVGG(img_size=img_size, **kwargs)
+
+
 # the 4x-wide CIFAR ResNets of the distillation benchmarks (Tian et al., ICLR 2020)
 _X4 = {"width": 64, "stem_width": 32, "projection": True}
 
@@ -120,6 +128,8 @@ LOCAL_MODELS: dict[str, tuple[Callable[..., nn.Module], str]] = {
                         "timm ResNet-18 with a 3x3/1 stem and no max-pool, for 32-64 px"),
     "convnet_d3": (lambda **kw: ConvNet(depth=3, **kw), "ConvNet-D3 (width 128, instance norm)"),
     "convnet_d4": (lambda **kw: ConvNet(depth=4, **kw), "ConvNet-D4 (width 128, instance norm)"),
+    "spiking_vgg": (_spiking_vgg, "spiking VGG (conv-BN-LIF, snntorch); the ANN twin until a "
+                    "spiking method sets its timesteps"),
     "vit_tiny_p4_32": (_vit_32, "small ViT for 32 px: patch 4, width 192, depth 9"),
     "convit_ca": (convit_ca,
                   "GCAB/DyTox ConViT: patch 4, width 384, 5 GPSA + 1 class-attention block"),
@@ -133,7 +143,14 @@ def create_backbone(name: str, img_size: int | None = None, **kwargs: Any) -> nn
 
     ``img_size`` is the input resolution; local nets whose feature size depends on it use it.
     For timm models it is passed on only when given in ``kwargs`` by the user (as timm's own
-    ``img_size`` option of ViTs), since most timm models are resolution-agnostic."""
+    ``img_size`` option of ViTs), since most timm models are resolution-agnostic.
+    ``pruned_widths`` (a width plan, :mod:`hundred.models.widths`, with the classifier's module
+    names) is applied with a stand-in one-class head."""
+    widths = kwargs.pop(PRUNED_WIDTHS, None)
+    if widths is not None:
+        backbone = create_backbone(name, img_size=img_size, **kwargs)
+        model = Classifier(backbone, LinearHead(backbone.feature_dim, 1))
+        return apply_widths(model, widths, img_size, f"model {name}").backbone
     if name in LOCAL_MODELS:
         try:
             return LOCAL_MODELS[name][0](**({"img_size": img_size} if img_size else {}), **kwargs)
@@ -169,8 +186,13 @@ class Classifier(nn.Module):
 def create(name: str, num_classes: int, head: str = "linear", img_size: int | None = None,
            **kwargs: Any) -> Classifier:
     """Build ``name`` (local or timm) with a ``head`` ("linear" or "cosine") for ``num_classes``
-    classes and inputs of ``img_size`` pixels."""
+    classes and inputs of ``img_size`` pixels. A width plan ``pruned_widths`` (see
+    :mod:`hundred.models.widths`) cuts the dense network down to its layer widths."""
     if head not in HEADS:
         raise HundredError(f"unknown head {head!r}; choose from {', '.join(HEADS)}")
+    widths = kwargs.pop(PRUNED_WIDTHS, None)
     backbone = create_backbone(name, img_size=img_size, **kwargs)
-    return Classifier(backbone, HEADS[head](backbone.feature_dim, num_classes))
+    model = Classifier(backbone, HEADS[head](backbone.feature_dim, num_classes))
+    if widths is not None:
+        apply_widths(model, widths, img_size, f"model {name}")
+    return model

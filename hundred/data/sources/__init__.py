@@ -20,6 +20,9 @@ from hundred.errors import HundredError
 SOURCES: dict[str, tuple[str, str]] = {
     "synth100": ("hundred.data.sources.synth:open_synth100",
                  "built-in procedural 100-class RGB images (no files needed)"),
+    "synth100-events": ("hundred.data.sources.events:open_synth100_events",
+                        "synth100 seen by a moving event camera: binary ON/OFF frames, "
+                        "bit-packed (a DVS stand-in)"),
     "digits": ("hundred.data.sources.digits:open_digits",
                "scikit-learn's bundled handwritten digits, 10 classes (no files needed)"),
     "cifar10": ("hundred.data.sources.cifar:open_cifar10",

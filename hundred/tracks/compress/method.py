@@ -13,17 +13,25 @@ every track), then asks the method for the model it produced and measures that o
   weight and architecture updates on two halves of the train split supplies its own);
 * :meth:`CompressMethod.compressed_model` — after training: the model to measure and export
   (a pruning method physically removes its zeroed groups here). The default is the trained
-  model itself, which is what the dense baseline and memory-saving training export.
+  model itself, which is what the dense baseline and memory-saving training export;
+* :meth:`CompressMethod.reference_model` — the uncompressed network ``dense_flops`` is
+  measured on (the trained model by default; the dense one for a method that trains an
+  already thinned network);
+* :meth:`CompressMethod.extra_measurements` — after the shared measurements: summary entries
+  of the method's own cost measures on the compressed model (a spiking network's spike
+  rates, synaptic operations and energy estimate); none by default.
 
-The exported model must be buildable from the run's ``model:`` config (``model.name`` and
-``model.options``): that is what ``--init RUN_DIR`` and ``hundred attack RUN_DIR`` build
-before loading the weights. A method whose compressed model has other layer widths must
-describe them in ``model.options`` (see docs/compress.md, "Exporting a pruned shape").
+The exported model must be buildable from the exported ``model:`` config: the run's, with a
+physically narrower model's widths as the width plan ``model.options.pruned_widths``
+(:mod:`hundred.models.widths`), which the export writes itself; that is what ``--init
+RUN_DIR`` and ``hundred attack RUN_DIR`` build before loading the weights.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from torch import nn
 
 from hundred.config import RunConfig
 from hundred.data import Dataset
@@ -55,3 +63,16 @@ class CompressMethod(Method):
         run keeps one): the one that is measured, evaluated and exported. The trained model
         itself by default."""
         return model
+
+    def reference_model(self, model: Classifier) -> nn.Module:
+        """The uncompressed network the FLOPs ratio (``dense_flops``) is measured on, given the
+        trained ``model``: the trained model itself by default; a method that trains an
+        already thinned network (the uniform baseline) returns the dense one."""
+        return model
+
+    def extra_measurements(self, model: Classifier, loader: BatchLoader) -> dict[str, Any]:
+        """Summary entries of measurements of the compressed ``model`` (eval mode) that only
+        this method's kind of model has, on ``loader``'s batches (the val split, in order,
+        without augmentation); called on rank 0 after the shared measurements. None by
+        default."""
+        return {}

@@ -26,13 +26,14 @@ Every run records, in its summary (conventions in :mod:`hundred.engine.cost`):
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import save as save_safetensors
 
-from hundred.config import RunConfig
+from hundred.config import ModelConfig, RunConfig
 from hundred.engine.checkpoint import load_checkpoint, save_checkpoint
 from hundred.engine.cost import (PeakMemory, count_flops, count_parameters, measure_latency,
                                  saved_tensor_bytes, sparsity, structure)
@@ -44,6 +45,7 @@ from hundred.engine.trainer import Trainer
 from hundred.errors import HundredError
 from hundred.io import atomic_open
 from hundred.models import Classifier, create
+from hundred.models.widths import OPTION as PRUNED_WIDTHS
 from hundred.tracks.compress.method import CompressMethod
 
 EXPORT_NAME = "model.safetensors"
@@ -66,7 +68,8 @@ def run(config: RunConfig, method: CompressMethod, resume_dir: Path | None = Non
     if section.init is not None and not resumes_from_checkpoint(resume_dir):
         init_weights, whole_model = init_model_weights(
             Path(section.init), config, size, dataset.num_classes, dataset.name)
-        _check_shapes(init_weights, config, dataset.num_classes, size, f"init {section.init}")
+        _check_shapes(init_weights, config.model, dataset.num_classes, size,
+                      f"init {section.init}")
     with running(config, resume_dir) as ctx:
         model = create(config.model.name, dataset.num_classes, head=config.model.head,
                        img_size=size, **config.model.options)
@@ -87,7 +90,7 @@ def run(config: RunConfig, method: CompressMethod, resume_dir: Path | None = Non
             "flops_target": section.flops_target}
         if ctx.dist.is_main:
             saved = _saved_bytes(method, model, loader, trainer)
-            dense_flops = count_flops(trained, size, ctx.device).flops
+            dense_flops = count_flops(method.reference_model(trained), size, ctx.device).flops
             compressed = method.compressed_model(trained)
             final = result.final
             if compressed is not trained:
@@ -95,6 +98,7 @@ def run(config: RunConfig, method: CompressMethod, resume_dir: Path | None = Non
                          evaluate(compressed, eval_loader(ctx, dataset), trainer.autocast).items()}
             summary.update(final)
             summary.update(measure(ctx, compressed, size, dense_flops))
+            summary.update(method.extra_measurements(compressed, eval_loader(ctx, dataset)))
             summary.update(saved_summary(saved, peak))
             summary["export"] = export(ctx, compressed, dataset.num_classes, size)
         summary.update({"train_seconds": round(result.train_seconds, 2),
@@ -140,10 +144,14 @@ def _saved_bytes(method: CompressMethod, model: torch.nn.Module, loader: Any,
                   *method.stateful.parameters()]
 
     def step() -> torch.Tensor:  # the plain module: only rank 0 measures (no DDP forward)
-        if trainer.autocast is not None:
-            with trainer.autocast:
-                return method.loss(model, images, labels)
-        return method.loss(model, images, labels)
+        # with train.mesa, as the trainer's step (estimates read, not updated): the counter
+        # sees Mesa's uint8 payloads and their scales and shifts (hundred.engine.mesa)
+        mesa = trainer.mesa.saving(update=False) if trainer.mesa is not None else nullcontext()
+        with mesa:
+            if trainer.autocast is not None:
+                with trainer.autocast:
+                    return method.loss(model, images, labels)
+            return method.loss(model, images, labels)
 
     model.train()
     try:
@@ -168,17 +176,35 @@ def export(ctx: RunContext, model: Classifier, num_classes: int, size: int) -> d
     """Write ``model`` as a plain model: its state dict as ``model.safetensors`` in the run
     directory, and the same weights into the newest checkpoint (what ``--init`` and ``hundred
     attack`` read); returns the summary's ``export`` entry (the file and the ``model:``
-    config that builds the model). The model must be buildable from the run's ``model:``
-    config: a shape it does not describe is a HundredError, never a silent bad export."""
+    config that builds the model). That config is the run's with the compressed model's
+    layer widths as a width plan (``model.options.pruned_widths``: the layers narrower than
+    in the dense network; none for a dense export); a shape the plan does not rebuild is a
+    HundredError, never a silent bad export."""
     config = ctx.config
     weights = {key: value.detach().contiguous().cpu() for key, value in
                model.state_dict().items()}
-    _check_shapes(weights, config, num_classes, size, "the compressed model")
+    exported = exported_model(config.model, model, num_classes, size)
+    _check_shapes(weights, exported, num_classes, size, "the compressed model")
     with atomic_open(ctx.run_dir / EXPORT_NAME, "wb") as handle:
         handle.write(save_safetensors(weights))
     _into_checkpoint(ctx.run_dir / "checkpoints", weights, config.train.keep_checkpoints)
     return {"weights": EXPORT_NAME, "image_size": size, "classes": num_classes,
-            "model": config.model.model_dump(mode="json")}
+            "model": exported.model_dump(mode="json")}
+
+
+def exported_model(model_config: ModelConfig, model: Classifier, num_classes: int, size: int
+                   ) -> ModelConfig:
+    """``model_config`` with ``options.pruned_widths`` = the layers of ``model`` narrower than
+    in the dense network ``model_config`` builds without a width plan."""
+    options = {key: value for key, value in model_config.options.items()
+               if key != PRUNED_WIDTHS}
+    with torch.device("meta"):
+        dense = structure(create(model_config.name, num_classes, head=model_config.head,
+                                 img_size=size, **options))
+    plan = {name: width for name, width in structure(model).items() if dense.get(name) != width}
+    if plan:
+        options[PRUNED_WIDTHS] = plan
+    return model_config.model_copy(update={"options": options})
 
 
 def _into_checkpoint(directory: Path, weights: dict[str, torch.Tensor], keep: int) -> None:
@@ -201,13 +227,13 @@ def _into_checkpoint(directory: Path, weights: dict[str, torch.Tensor], keep: in
     save_checkpoint(directory, epoch, updated, state, keep=keep)
 
 
-def _check_shapes(weights: dict[str, torch.Tensor], config: RunConfig, num_classes: int,
-                  size: int, what: str) -> None:
-    """``weights`` (``backbone.*``, maybe ``head.*``) must fit the model the run's ``model:``
-    config builds, checked on the meta device (nothing allocated)."""
+def _check_shapes(weights: dict[str, torch.Tensor], model_config: ModelConfig,
+                  num_classes: int, size: int, what: str) -> None:
+    """``weights`` (``backbone.*``, maybe ``head.*``) must fit the model ``model_config``
+    builds, checked on the meta device (nothing allocated)."""
     with torch.device("meta"):
-        expected = create(config.model.name, num_classes, head=config.model.head,
-                          img_size=size, **config.model.options).state_dict()
+        expected = create(model_config.name, num_classes, head=model_config.head,
+                          img_size=size, **model_config.options).state_dict()
     given = {key: tuple(value.shape) for key, value in weights.items()}
     wanted = {key: tuple(value.shape) for key, value in expected.items()}
     heads = any(key.startswith("head.") for key in given)
@@ -217,7 +243,7 @@ def _check_shapes(weights: dict[str, torch.Tensor], config: RunConfig, num_class
         differing = sorted(key for key in given.keys() | wanted.keys()
                            if given.get(key) != wanted.get(key))
         shown = ", ".join(f"{key} {given.get(key)} vs {wanted.get(key)}" for key in differing[:4])
-        raise HundredError(f"{what} does not fit the model {config.model.name} "
-                           f"{config.model.options or ''} builds for {num_classes} classes at "
+        raise HundredError(f"{what} does not fit the model {model_config.name} "
+                           f"{model_config.options or ''} builds for {num_classes} classes at "
                            f"{size} px ({shown}{' ...' if len(differing) > 4 else ''}): a "
                            "changed shape must be described in model.options")

@@ -14,7 +14,10 @@
   APGD-T, FAB-T, Square), and ``quscore`` (:mod:`hundred.tracks.robust.quscore`: a
   score-based black-box attack on the model coupled with an interpreter, with options: the
   interpreter, the query budget, the attacker's surrogate; it adds its success rate and query
-  counts to the result). Another module plugs an attack in with :func:`register_attack`.
+  counts to the result), ``pdsg`` and ``sda`` (:mod:`hundred.tracks.robust.spiking`: PGD
+  through a potential-dependent surrogate gradient, and sparse bit flips of binary event
+  frames under an L0 threat, on spiking networks). Another module plugs an attack in with
+  :func:`register_attack`.
 * :func:`robust_accuracy` — clean and robust top-1 on a split, batch by batch, seeded.
 
 What counts as robust: an image is robust when the model classifies it correctly clean *and*
@@ -42,13 +45,17 @@ from torch import nn
 from hundred.errors import HundredError
 from hundred.tracks.robust.config import eps_label, parse_eps
 from hundred.tracks.robust.quscore import QuScoreParams, quscore_attack, summarise_results
+from hundred.tracks.robust.spiking import (PDSG_DETAILS, SDA_DETAILS, build_pdsg, build_sda,
+                                           summarise_pdsg, summarise_sda)
 
 
 @dataclass(frozen=True)
 class ThreatModel:
     """What an attack may do: ``norm`` (``linf``/``l2``) ball of radius ``eps`` in pixel
     units, and the PGD settings (``step_size`` None: eps / 4, i.e. 2/255 at 8/255, the
-    step of the field's PGD-7/10/20 conventions)."""
+    step of the field's PGD-7/10/20 conventions). ``l0`` is the threat of attacks that flip
+    bits of binary (bit-packed) inputs: ``eps`` is then the share of the bits that may flip
+    (1: unbounded), which :func:`check_budget` counts over the packed bytes."""
 
     norm: str = "linf"
     eps: float = 8 / 255
@@ -58,8 +65,8 @@ class ThreatModel:
     random_start: bool = True
 
     def __post_init__(self) -> None:
-        if self.norm not in ("linf", "l2"):
-            raise HundredError(f"unknown norm {self.norm!r}: linf or l2")
+        if self.norm not in ("linf", "l2", "l0"):
+            raise HundredError(f"unknown norm {self.norm!r}: linf, l2 or l0")
         try:
             parse_eps(self.eps, "eps")
             if self.step_size is not None:
@@ -171,7 +178,8 @@ class AttackSpec:
     """An attack of the registry. ``build(model, threat, num_classes, seed)`` returns a
     function ``(pixels, labels) -> adversarial pixels``; ``queries_inside_ball``: every
     point it evaluates lies in the ε-ball (PGD), so each counts (see the module docstring);
-    ``details`` describe it in summaries (e.g. AutoAttack's components)."""
+    ``details`` describe it in summaries (e.g. AutoAttack's components); ``norm``: the norm
+    the attack works under whatever was asked (``l0`` for bit flips), None: the asked one."""
 
     build: Builder
     queries_inside_ball: bool = False
@@ -179,6 +187,7 @@ class AttackSpec:
     uses_steps: bool = False
     options: tuple[str, ...] = ()
     summarise: Callable[[AttackFn], dict[str, Any]] | None = None
+    norm: str | None = None
 
     def check_options(self, name: str, options: dict[str, Any]) -> None:
         """HundredError when ``options`` names a keyword that ``build`` does not take."""
@@ -267,21 +276,28 @@ ATTACKS: dict[str, AttackSpec] = {
     "quscore": AttackSpec(quscore_attack, options=QUSCORE_OPTIONS, summarise=summarise_results,
                           details={"kind": "score-based black-box (microbial GA) on the model "
                                    "and an interpreter, L-inf corners"}),
+    "pdsg": AttackSpec(build_pdsg, queries_inside_ball=True, uses_steps=True,
+                       options=("surrogate",), summarise=summarise_pdsg, details=PDSG_DETAILS),
+    "sda": AttackSpec(build_sda, options=("surrogate", "k_init", "max_iterations", "batch_limit",
+                                          "flip_budgets"),
+                      summarise=summarise_sda, details=SDA_DETAILS, norm="l0"),
 }
 
 
 def register_attack(name: str, build: Builder, *, queries_inside_ball: bool = False,
                     details: dict[str, Any] | None = None, uses_steps: bool = False,
                     options: Sequence[str] = (),
-                    summarise: Callable[[AttackFn], dict[str, Any]] | None = None) -> None:
+                    summarise: Callable[[AttackFn], dict[str, Any]] | None = None,
+                    norm: str | None = None) -> None:
     """Plug an attack into the registry (``hundred attack --attack NAME``,
     ``robust.eval_attacks``); a name can be registered once. ``options``: the keywords
     ``build`` accepts after its four arguments (``hundred attack -o name=value``);
-    ``summarise(attack_fn)``: extra numbers for the result (e.g. query counts)."""
+    ``summarise(attack_fn)``: extra numbers for the result (e.g. query counts); ``norm``:
+    the norm it always works under (``l0``), None: the asked one."""
     if name in ATTACKS and ATTACKS[name].build is not build:
         raise HundredError(f"attack {name!r} is registered already")
     ATTACKS[name] = AttackSpec(build, queries_inside_ball, details, uses_steps, tuple(options),
-                               summarise)
+                               summarise, norm)
 
 
 def attack_spec(name: str) -> AttackSpec:
@@ -330,6 +346,10 @@ def robust_accuracy(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torc
     spec = attack_spec(attack)
     options = dict(options or {})
     spec.check_options(attack, options)
+    if spec.norm is not None and threat.norm != spec.norm:  # e.g. bit flips: always L0
+        threat = ThreatModel(norm=spec.norm, eps=threat.eps, steps=threat.steps,
+                             step_size=threat.step_size, restarts=threat.restarts,
+                             random_start=threat.random_start)
     was_training = model.training
     model.eval()
     # in eval mode, so torchattacks (which restores a model's train mode after attacking)
@@ -374,7 +394,12 @@ def robust_accuracy(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torc
 def check_budget(adversarial: torch.Tensor, pixels: torch.Tensor, threat: ThreatModel) -> None:
     """An attack's images must stay in [0, 1] and inside the ε-ball (a small float slack):
     a plugged-in attack that breaks the threat model fails loudly instead of reporting a
-    robust accuracy under a larger budget."""
+    robust accuracy under a larger budget. Under ``l0`` the images must stay bit-packed
+    (whole byte values) and the flipped bits, counted over the bytes, at most ``eps`` of
+    them."""
+    if threat.norm == "l0":
+        _check_bit_flips(adversarial, pixels, threat)
+        return
     delta = (adversarial - pixels).flatten(1)
     size = delta.abs().amax(dim=1) if threat.norm == "linf" else delta.norm(dim=1)
     slack = 1e-4 if threat.norm == "linf" else 1e-3
@@ -383,6 +408,22 @@ def check_budget(adversarial: torch.Tensor, pixels: torch.Tensor, threat: Threat
         raise HundredError(f"the attack left the threat model ({threat.norm} eps "
                            f"{eps_label(threat.eps)}): largest perturbation "
                            f"{float(size.max()):.5f}")
+
+
+def _check_bit_flips(adversarial: torch.Tensor, pixels: torch.Tensor, threat: ThreatModel
+                     ) -> None:
+    codes = adversarial.float() * 255
+    if bool(((codes - codes.round()).abs() > 1e-3).any()) or adversarial.min() < -1e-6 or \
+            adversarial.max() > 1 + 1e-6:
+        raise HundredError("the attack left the threat model (l0): its images are not "
+                           "bit-packed bytes any more")
+    changed = codes.round().to(torch.int32) ^ (pixels.float() * 255).round().to(torch.int32)
+    bits = torch.stack([(changed >> bit) & 1 for bit in range(8)]).sum(dim=0).flatten(1)
+    flips = bits.sum(dim=1)
+    budget = threat.eps * 8 * changed[0].numel()
+    if bool((flips > budget + 1e-6).any()):
+        raise HundredError(f"the attack left the threat model (l0 eps {eps_label(threat.eps)}):"
+                           f" {int(flips.max())} bits flipped")
 
 
 def adversarial_batch(pixel_model: PixelSpaceModel, attack: AttackFn, images: torch.Tensor,

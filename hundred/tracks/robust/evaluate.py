@@ -120,6 +120,9 @@ def attack_run(run_dir: Path, request: AttackRequest) -> dict[str, Any]:
                           indices=attack_subset(len(val.labels), request.limit))
     result = robust_accuracy(model, batches, data.mean, data.std, request.attack, threat,
                              classes, seed=request.seed, device=device, options=options)
+    if result["norm"] != threat.norm:  # an attack with a norm of its own (sda: l0)
+        threat = ThreatModel(norm=result["norm"], eps=threat.eps, steps=threat.steps,
+                             step_size=threat.step_size, restarts=threat.restarts)
     entry = {**result, "split": "val", "source": "hundred attack",
              "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
     if request.surrogate is not None:
@@ -146,7 +149,7 @@ def _model(found: Any, run_dir: Path, classes: int, size: int) -> Any:
 def _label(threat: Any) -> str:
     from hundred.tracks.robust.config import eps_label
 
-    return f"{'Linf' if threat.norm == 'linf' else 'L2'} {eps_label(threat.eps)}"
+    return f"{ {'linf': 'Linf', 'l2': 'L2', 'l0': 'L0'}[threat.norm]} {eps_label(threat.eps)}"
 
 
 def _record(path: Path, entry: dict[str, Any], threat: str) -> None:
