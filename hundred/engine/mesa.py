@@ -42,12 +42,21 @@ is quantised once and its payload shared.
 The running estimates are training state: :meth:`Mesa.state_dict` goes into every
 checkpoint (the trainer's state file, key ``mesa``) and is restored on resume, so a resumed
 Mesa run continues exactly.
+
+Other methods reuse the machinery with a ``policy`` (``Mesa(model, policy=...)``): a function
+of (module, kind) returning, at pack time, the :class:`Treatment` of what that module saves
+-- quantised with another bit width (2, 4 or 8 bits; below 8 several codes share a byte), or
+pruned (``keep``: only that share of the entries largest in ``|x - row mean| / row std`` is
+stored, with int32 positions and the row means; the rest are restored as the row mean, so a
+LayerNorm backward sees its normalised input with the others zero), or None (kept exact).
+SlimFit (:mod:`hundred.tracks.compress.methods.slimfit`) is such a policy.
 """
 
 from __future__ import annotations
 
 import contextlib
 import weakref
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 import torch
@@ -62,6 +71,24 @@ EMA_DECAY = 0.9  # the official code's lambda
 _WEIGHT_PATH = {"TBackward0", "ToCopyBackward0", "ViewBackward0", "TransposeBackward0",
                 "PermuteBackward0", "ExpandBackward0", "UnsafeViewBackward0",
                 "ReshapeAliasBackward0"}
+
+
+@dataclass(frozen=True)
+class Treatment:
+    """How a module's saved activations are kept: ``bits``-bit quantisation (2, 4 or 8), or,
+    with ``keep`` set, pruning to that share of the entries (largest ``|x - mean| / std`` per
+    row, positions counted over the whole tensor)."""
+
+    bits: int = 8
+    keep: float | None = None
+
+
+MESA = Treatment(bits=8)
+
+
+def mesa_policy(_module: nn.Module, _kind: str) -> Treatment | None:
+    """Mesa's own policy: every supported module's saved activations in 8 bits."""
+    return MESA
 
 
 def attention_modules(model: nn.Module) -> list[nn.Module]:
@@ -106,21 +133,43 @@ def _from_parameter(tensor: torch.Tensor) -> bool:
     return False
 
 
+def _is_weight_shaped(tensor: torch.Tensor, module: nn.Module) -> bool:
+    """Whether ``tensor`` has the shape of ``module``'s weight (or its transpose)."""
+    weight = getattr(module, "weight", None)
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
+        return False
+    return tuple(tensor.shape) in (tuple(weight.shape), tuple(weight.shape)[::-1])
+
+
 def _identity(value: Any) -> Any:
     return value
 
 
 class _Quantized:
-    """One 8-bit copy: ``data`` (uint8, shape (rows, groups, per-group)), per-group scale
-    ``(L-1)/alpha`` and shift ``beta`` (each as the outer hook packed it), the original
-    dtype and the outer hook's unpack."""
+    """One quantised copy: ``data`` (uint8 codes of shape (rows, groups, per-group), below 8
+    bits several codes per byte, flattened), per-group scale ``(L-1)/alpha`` and shift
+    ``beta`` (each as the outer hook packed it), the original dtype, the outer hook's unpack,
+    the bit width and the code layout."""
 
-    __slots__ = ("data", "scale", "shift", "dtype", "unpack")
+    __slots__ = ("data", "scale", "shift", "dtype", "unpack", "bits", "layout")
 
     def __init__(self, data: Any, scale: Any, shift: Any, dtype: torch.dtype,
-                 unpack: Callable[[Any], Any]) -> None:
+                 unpack: Callable[[Any], Any], bits: int = 8,
+                 layout: tuple[int, int, int] | None = None) -> None:
         self.data, self.scale, self.shift, self.dtype = data, scale, shift, dtype
-        self.unpack = unpack
+        self.unpack, self.bits, self.layout = unpack, bits, layout
+
+
+class _Pruned:
+    """A pruned copy: the kept ``values``, their int32 flat ``positions``, the per-row
+    ``means`` the other entries are restored to (each as the outer hook packed it)."""
+
+    __slots__ = ("values", "positions", "means", "shape", "dtype", "unpack")
+
+    def __init__(self, values: Any, positions: Any, means: Any, shape: torch.Size,
+                 dtype: torch.dtype, unpack: Callable[[Any], Any]) -> None:
+        self.values, self.positions, self.means = values, positions, means
+        self.shape, self.dtype, self.unpack = shape, dtype, unpack
 
 
 class _Saved:
@@ -129,7 +178,7 @@ class _Saved:
 
     __slots__ = ("quantized", "shape")
 
-    def __init__(self, quantized: _Quantized, shape: torch.Size) -> None:
+    def __init__(self, quantized: _Quantized | _Pruned, shape: torch.Size) -> None:
         self.quantized, self.shape = quantized, shape
 
 
@@ -145,9 +194,12 @@ class _Passed:
 class Mesa:
     """Attach Mesa to ``model`` (a ViT with timm ``Attention`` blocks); quantise the saved
     activations of forward passes run inside :meth:`saving`. ``groups`` is the number of
-    channel groups of the non-attention layers (default: the model's head count)."""
+    channel groups of the non-attention layers (default: the model's head count);
+    ``policy(module, kind)`` the :class:`Treatment` of each module's saves, asked at pack
+    time (None: kept exact; default: Mesa's 8 bits everywhere)."""
 
-    def __init__(self, model: nn.Module, groups: int | None = None) -> None:
+    def __init__(self, model: nn.Module, groups: int | None = None,
+                 policy: Callable[[nn.Module, str], Treatment | None] = mesa_policy) -> None:
         attentions = attention_modules(model)
         if not attentions:
             raise HundredError(
@@ -156,12 +208,15 @@ class Mesa:
                 "LayerNorm activations: use a ViT (e.g. model.name=vit_tiny_p4_32) or "
                 "train.mesa=false")
         self.groups = int(groups or attentions[0].num_heads)
+        self.policy = policy
         self.estimates: dict[str, dict[str, torch.Tensor]] = {}
         self._active = False
         self._update = True
         self._outer: tuple[Callable[..., Any], Callable[..., Any]] | None = None
         self._stack: list[tuple[nn.Module, Any]] = []
-        self._cache: dict[tuple[Any, ...], tuple[Any, _Quantized]] = {}
+        self._cache: dict[tuple[Any, ...], tuple[Any, _Quantized | _Pruned]] = {}
+        self._model = weakref.ref(model)
+        self._parameter_storages: set[int] = set()
         self._handles = []
         for attention in attentions:
             attention.fused_attn = False  # the explicit softmax path (see the docstring)
@@ -180,6 +235,9 @@ class Mesa:
         """Quantise what the forward passes inside this block save for backward. With
         ``update=False`` the running estimates are used but not updated (a measurement)."""
         self._outer = torch._C._autograd._top_saved_tensors_default_hooks(False)
+        model = self._model()  # frozen weights (no gradient) are recognised by their memory
+        self._parameter_storages = set() if model is None else {
+            parameter.untyped_storage().data_ptr() for parameter in model.parameters()}
         self._active, self._update = True, update
         try:
             yield
@@ -226,6 +284,10 @@ class Mesa:
         """(rows, groups, per-group) for a tensor this module's rule quantises, else None."""
         if not tensor.is_floating_point() or tensor.dim() < 2 or _from_parameter(tensor):
             return None
+        if tensor.grad_fn is None and not tensor.requires_grad and (
+                tensor.untyped_storage().data_ptr() in self._parameter_storages
+                or _is_weight_shaped(tensor, module)):  # a frozen weight or its autocast copy
+            return None
         shape = tensor.shape
         if kind == "attention":
             heads = int(module.num_heads)
@@ -244,37 +306,73 @@ class Mesa:
     def _pack(self, tensor: torch.Tensor, name: str, module: nn.Module, kind: str,
               slots: Iterator[int]) -> Any:
         layout = self._grouped_shape(tensor, module, kind)
-        if layout is None:
+        treatment = self.policy(module, kind) if layout is not None else None
+        if treatment is None or (treatment.keep is not None and kind == "attention"):
             return self._pass(tensor)
         key = None
         if tensor.is_contiguous():
             storage = tensor.untyped_storage()
             key = (storage.data_ptr(), tensor.storage_offset(), tensor.numel(), tensor.dtype,
-                   tensor._version, layout)
+                   tensor._version, layout, treatment)
             cached = self._cache.get(key)
             if cached is not None and cached[0]() is not None:
                 return _Saved(cached[1], tensor.shape)
-        quantized = self._quantize(tensor, layout, f"{name}#{next(slots)}")
+        if treatment.keep is not None:
+            quantized: _Quantized | _Pruned = self._prune(tensor, treatment.keep)
+        else:
+            quantized = self._quantize(tensor, layout, f"{name}#{next(slots)}",
+                                       treatment.bits)
         if key is not None:
             self._cache[key] = (weakref.ref(tensor), quantized)
         return _Saved(quantized, tensor.shape)
 
     @torch.no_grad()
-    def _quantize(self, tensor: torch.Tensor, layout: tuple[int, int, int], slot: str
-                  ) -> _Quantized:
+    def _quantize(self, tensor: torch.Tensor, layout: tuple[int, int, int], slot: str,
+                  bits: int = 8) -> _Quantized:
+        if bits not in (2, 4, 8):
+            raise HundredError(f"saved activations quantise to 2, 4 or 8 bits, not {bits}")
+        levels_count = 2 ** bits
         grouped = tensor.detach().reshape(layout).float()
         low = grouped.amin(dim=(0, 2))
         span = grouped.amax(dim=(0, 2)) - low
         shift, clip = self._estimate(slot, low, span)
-        scale = (LEVELS - 1) / clip.clamp_min(1e-8)
+        scale = (levels_count - 1) / clip.clamp_min(1e-8)
         noise = torch.rand_like(grouped)  # stochastic rounding, as the official kernel
         levels = ((grouped - shift[None, :, None]) * scale[None, :, None] + noise).floor_()
-        data = levels.clamp_(0, LEVELS - 1).to(torch.uint8)
+        data = levels.clamp_(0, levels_count - 1).to(torch.uint8)
+        if bits < 8:  # 8 // bits codes per byte (the last byte padded with zeros)
+            per_byte = 8 // bits
+            flat = data.reshape(-1)
+            flat = torch.cat([flat, flat.new_zeros(-flat.numel() % per_byte)])
+            codes = flat.reshape(-1, per_byte)
+            data = codes[:, 0].clone()
+            for index in range(1, per_byte):
+                data |= codes[:, index] << (bits * index)
         outer = self._outer
         if outer is None:
-            return _Quantized(data, scale, shift, tensor.dtype, _identity)
+            return _Quantized(data, scale, shift, tensor.dtype, _identity, bits, layout)
         return _Quantized(outer[0](data), outer[0](scale), outer[0](shift), tensor.dtype,
-                          outer[1])
+                          outer[1], bits, layout)
+
+    @torch.no_grad()
+    def _prune(self, tensor: torch.Tensor, keep: float) -> _Pruned:
+        """Keep the share ``keep`` of the entries largest in ``|x - row mean| / row std``
+        (over the whole tensor); the others are restored as their row's mean."""
+        values = tensor.detach()
+        rows = values.float()
+        means = rows.mean(dim=-1, keepdim=True)
+        normalised = (rows - means) / rows.var(dim=-1, unbiased=False, keepdim=True
+                                               ).add(1e-12).sqrt()
+        count = max(1, int(values.numel() * keep))
+        positions = normalised.reshape(-1).abs().topk(count, sorted=False).indices
+        kept = values.reshape(-1)[positions].clone()
+        positions = positions.to(torch.int32)
+        means = means.to(tensor.dtype)
+        outer = self._outer
+        if outer is None:
+            return _Pruned(kept, positions, means, tensor.shape, tensor.dtype, _identity)
+        return _Pruned(outer[0](kept), outer[0](positions), outer[0](means), tensor.shape,
+                       tensor.dtype, outer[1])
 
     def _estimate(self, slot: str, low: torch.Tensor, span: torch.Tensor
                   ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -302,8 +400,19 @@ class Mesa:
             return packed.unpack(packed.packed)
         quantized = packed.quantized
         unpack = quantized.unpack
+        if isinstance(quantized, _Pruned):
+            means = unpack(quantized.means)
+            restored = means.expand(quantized.shape).contiguous().reshape(-1)
+            restored[unpack(quantized.positions).long()] = unpack(quantized.values)
+            return restored.reshape(quantized.shape).reshape(packed.shape)
         data, scale, shift = (unpack(quantized.data), unpack(quantized.scale),
                               unpack(quantized.shift))
+        if quantized.bits < 8:
+            bits, layout = quantized.bits, quantized.layout
+            mask = (1 << bits) - 1
+            codes = torch.stack([(data >> (bits * index)) & mask
+                                 for index in range(8 // bits)], dim=1)
+            data = codes.reshape(-1)[:layout[0] * layout[1] * layout[2]].reshape(layout)
         values = data.float() / scale[None, :, None] + shift[None, :, None]
         return values.to(quantized.dtype).reshape(packed.shape)
 
