@@ -26,10 +26,13 @@ TRACK = Track(
                         higher_is_better=False),
                  Metric("saved_activation_mib", "saved act. (MiB)", higher_is_better=False),
                  Metric("peak_train_mib", "peak train mem (MiB)", higher_is_better=False),
+                 # spiking networks (iir_snn): absent from other runs' summaries
+                 Metric("spike_rate_mean", "spike rate", higher_is_better=False),
+                 Metric("energy_ratio", "energy vs ANN", higher_is_better=False),
                  *ATTACK_METRICS),  # hundred attack RUN_DIR (the robust track's command)
         required=("val_top1", "params_k", "mflops", "saved_activation_mib"),
         always_shown=("model", "flops_target", *ATTACK_DESCRIPTORS),
-        descriptors=("flops_target", *ATTACK_DESCRIPTORS),
+        descriptors=("flops_target", "timesteps", *ATTACK_DESCRIPTORS),
         terminal_hidden=("latency large batch (ms)", "peak train mem (MiB)"),
         scatters=(
             CostScatter("flops", "FLOPs (2 x fvcore MACs, batch 1)", name="top1_vs_flops"),
