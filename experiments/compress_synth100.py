@@ -23,6 +23,8 @@ trains on synth100 at 16 px, 10 classes, 100 training and 50 validation images a
   epochs), converted and trained at T = 5 (10 epochs, SGD lr 0.01), then T = 2 and T = 1
   (10 epochs each), each from the previous stage: top-1, mean spike rate and the energy
   ratio to the ANN.
+* ``snn_attack``: PGD-20 at L∞ 8/255 (step 2/255) on those SNNs, its backward through the
+  potential-dependent surrogate (PDSG) and through the fixed training surrogate.
 
 Runs are ordinary run directories under ``--out`` with fixed names, so running the script
 again skips finished runs and resumes a killed one:
@@ -33,6 +35,7 @@ again skips finished runs and resumes a killed one:
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any, Callable
 
@@ -210,9 +213,40 @@ def slimfit(out: Path, seeds: int) -> None:
                        "speed": "train images/s"}, {"saved": 0, "speed": 0})
 
 
+def snn_attack(out: Path, seeds: int) -> None:
+    """PGD-20 at L∞ 8/255 on the ``snn`` group's SNNs, through the potential-dependent
+    surrogate (PDSG) and through the fixed training surrogate."""
+    rows: dict[str, dict[str, list[float]]] = {}
+    for seed in range(seeds):
+        for timesteps in (5, 2, 1):
+            run_dir = out / "compress" / "iir_snn" / f"snn-t{timesteps}-s{seed}"
+            if not (run_dir / "summary.json").is_file():
+                raise SystemExit(f"{run_dir} is missing: run --group snn first")
+            for surrogate in ("pdsg", "fixed"):
+                summary = json.loads((run_dir / "summary.json").read_text())
+                done = [e for e in summary.get("attacks", []) if e["attack"] == "pdsg"
+                        and e.get("surrogate") == surrogate and e["steps"] == 20]
+                if not done:
+                    runs.hundred("attack", str(run_dir), "--attack", "pdsg", "--eps", "8/255",
+                                 "--steps", "20", "-o", f"surrogate={surrogate}",
+                                 "--seed", str(seed))
+                    summary = json.loads((run_dir / "summary.json").read_text())
+                    done = [e for e in summary["attacks"] if e["attack"] == "pdsg"
+                            and e.get("surrogate") == surrogate and e["steps"] == 20]
+                entry = done[-1]
+                label = f"T = {timesteps}, {'PDSG' if surrogate == 'pdsg' else 'fixed surrogate'}"
+                row = rows.setdefault(label, {})
+                row.setdefault("clean", []).append(entry["clean_top1"])
+                row.setdefault("robust", []).append(entry["robust_top1"])
+                row.setdefault("success", []).append(
+                    100 * (1 - entry["robust_top1"] / entry["clean_top1"]))
+    print_table(rows, {"clean": "clean top-1 (%)", "robust": "top-1 under PGD-20 (%)",
+                       "success": "attack success (% of correct)"}, {})
+
+
 TAS_SEARCH_EPOCHS = 10
 GROUPS = {"pruning": pruning, "sparse_prune": sparse_prune, "mesa": mesa, "snn": snn,
-          "tas": tas, "slimfit": slimfit}
+          "tas": tas, "slimfit": slimfit, "snn_attack": snn_attack}
 
 
 def main() -> None:
