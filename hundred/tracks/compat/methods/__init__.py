@@ -1,0 +1,1 @@
+"""Methods of the compat track, one file each."""
