@@ -63,7 +63,9 @@ class Method(ABC):
     holds the method's own tuning entries (config path -> :class:`~hundred.space.Choice`
     or a range, e.g. ``{"method_params.temperature": Choice((0.5, 1.0, 2.0))}``); tuning
     adds them to the shared grid (epochs, lr, schedule, ...), as Cha & Cho (TMLR 2025) do.
-    ``views`` is the number of independently augmented views of each image that ``loss``
+    A method that does not train (``shared_grid = False``: e.g. test-time adaptation of a
+    finished model) is tuned over its own entries only, since the shared training settings
+    would not change its result. ``views`` is the number of independently augmented views of each image that ``loss``
     receives (a list of tensors when above 1, as contrastive methods need).
 
     ``self.trainable`` holds the method's own trainable modules: the trainer moves them to
@@ -81,6 +83,7 @@ class Method(ABC):
     name: ClassVar[str] = ""
     Params: ClassVar[type[BaseModel]] = NoParams
     search_space: ClassVar[Mapping[str, Dimension]] = {}
+    shared_grid: ClassVar[bool] = True
     views: ClassVar[int] = 1
 
     def __init__(self, params: dict[str, Any] | None = None, config: RunConfig | None = None

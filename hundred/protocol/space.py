@@ -138,13 +138,15 @@ def load_space_file(path: str | Path) -> dict[str, Dimension | None]:
 def space_for(method: "type[Method]", budget: str = "quick",
               overrides: Mapping[str, Dimension | None] | None = None) -> SearchSpace:
     """The search space of ``method``: the budget's shared grid (or its track's own grid for
-    that budget, ``Track.grid``), then the method's own
+    that budget, ``Track.grid``; none when the method does not train, ``shared_grid``), then
+    the method's own
     ``search_space`` entries, then ``overrides`` (a ``--space`` file; None drops a key)."""
     if budget not in BUDGETS:
         raise HundredError(f"unknown budget {budget!r}; known: {', '.join(BUDGETS)}")
     from hundred.registry import get_track
 
-    shared = get_track(method.track).grid.get(budget, BUDGETS[budget].grid)
+    shared = (get_track(method.track).grid.get(budget, BUDGETS[budget].grid)
+              if method.shared_grid else {})
     space: SearchSpace = {**shared, **dict(method.search_space)}
     for key, dimension in (overrides or {}).items():
         if dimension is None:

@@ -84,7 +84,9 @@ class ThreatModel:
 
     def record(self) -> dict[str, Any]:
         """The threat model as a summary records it."""
-        return {**asdict(self), "step_size": self.alpha, "eps_label": eps_label(self.eps)}
+        # l0: eps is the share of the input's entries that may change, not a pixel size
+        label = f"{self.eps:g}" if self.norm == "l0" else eps_label(self.eps)
+        return {**asdict(self), "step_size": self.alpha, "eps_label": label}
 
 
 class PixelSpaceModel(nn.Module):
@@ -422,7 +424,7 @@ def _check_bit_flips(adversarial: torch.Tensor, pixels: torch.Tensor, threat: Th
     flips = bits.sum(dim=1)
     budget = threat.eps * 8 * changed[0].numel()
     if bool((flips > budget + 1e-6).any()):
-        raise HundredError(f"the attack left the threat model (l0 eps {eps_label(threat.eps)}):"
+        raise HundredError(f"the attack left the threat model (l0 eps {threat.eps:g}):"
                            f" {int(flips.max())} bits flipped")
 
 

@@ -1,7 +1,8 @@
 """The robust track's own commands, added to ``hundred`` by the core CLI through
 ``Track.commands``: ``hundred attack RUN_DIR`` (robust accuracy of a finished classifier run
 on its held-out split, written into its summary) and, when the poisoning module is there,
-``hundred data poison``."""
+``hundred data poison``; ``hundred data corrupt`` (the corrupted test stream of test-time
+adaptation)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,9 @@ def add_commands(commands: Any, data_commands: Any) -> None:
         from hundred.tracks.robust.poison import add_poison_command
 
         add_poison_command(data_commands)
+    from hundred.tracks.robust.corruptions import add_corrupt_command
+
+    add_corrupt_command(data_commands)
 
 
 def _add_attack(commands: Any) -> None:
@@ -92,10 +96,12 @@ def _cmd_attack(args: argparse.Namespace) -> None:
                             options=_options(args), surrogate=args.surrogate)
     entry = attack_run(Path(args.run_dir), request)
     queries = ""
-    if "attacked" in entry:  # a query-counting attack
-        rate, median = entry.get("success_rate"), entry.get("median_queries")
+    if "attacked" in entry:  # an attack on single images: queries (QuScore) or flips (SDA)
+        rate = entry.get("success_rate")
+        counted, median = (("flips", entry.get("median_flips")) if "median_flips" in entry
+                           else ("queries", entry.get("median_queries")))
         queries = (f"; success {'-' if rate is None else f'{100 * rate:.1f} %'} of "
-                   f"{entry['attacked']} attacked, median queries "
+                   f"{entry['attacked']} attacked, median {counted} "
                    f"{'-' if median is None else f'{median:g}'}")
     Console().print(f"{args.run_dir}: {entry['attack']} at {entry['norm']} "
                     f"{entry['eps_label']}: robust top-1 {entry['robust_top1']:.2f} "

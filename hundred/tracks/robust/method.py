@@ -4,6 +4,9 @@
 
 * ``needs_init`` — the method continues a pre-trained model (``robust.init``); ``hundred
   check`` then trains an ERM run on each phase's data first (:mod:`.protocol`);
+* ``scenario`` — ``"adversarial"`` (train, then attack val: :mod:`.scenario`) or ``"tta"``
+  (adapt the finished ``robust.init`` model online on a corrupted test stream, no training:
+  :mod:`.tta`, whose :class:`~hundred.tracks.robust.tta.TestTimeAdaptation` is their base);
 * :meth:`RobustMethod.schedule` — a learning-rate schedule that is part of the method's idea
   (adversarial fine-tuning's slow start, fast decay) and replaces ``schedule:`` of the run;
   the scenario applies it before the run directory is written, so ``config.yaml`` records
@@ -47,6 +50,7 @@ class RobustMethod(Method):
     """Base class of the robust track's methods."""
 
     needs_init: ClassVar[bool] = False
+    scenario: ClassVar[Literal["adversarial", "tta"]] = "adversarial"
 
     def schedule(self, config: RunConfig) -> ScheduleConfig | None:
         """The schedule this method trains with whatever ``schedule:`` says (None: the

@@ -54,12 +54,18 @@ def run(config: RunConfig, method: RobustMethod, resume_dir: Path | None = None
         ) -> dict[str, Any]:
     """Train with ``method`` on ``config.data``, attack val; returns the summary written to
     the run directory. Everything that can be wrong (attack names, the init run, the data) is
-    checked before the run directory is created, so a bad one writes nothing.
+    checked before the run directory is created, so a bad one writes nothing. A test-time
+    adaptation method (``method.scenario == "tta"``) runs :func:`hundred.tracks.robust.tta.run`
+    instead: no training, an online pass over a corrupted test stream.
 
     A method's own schedule (:meth:`RobustMethod.schedule`) replaces ``schedule:`` first, so
     that ``config.yaml`` records what the run used. With ``robust.init`` the model starts
     from that run (the whole model on the same data and classes, else its backbone and a new
     head); a resumed run that has a checkpoint continues from it instead."""
+    if method.scenario == "tta":
+        from hundred.tracks.robust import tta
+
+        return tta.run(config, method, resume_dir)
     for name in config.robust.eval_attacks:
         attack_spec(name)
     if method.needs_init and config.robust.init is None:
