@@ -54,8 +54,6 @@ import itertools
 import json
 import math
 import time
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -206,8 +204,8 @@ def quscore_table(out: Path, seeds: int) -> None:
                             "robust_top1"):
                     value = entry[key]
                     row.setdefault(key, []).append(math.nan if value is None else float(value))
-    print(f"\n| model | interpreter | clean top-1 (%) | success rate (%) | median queries "
-          f"| top-20 % IoU of maps | top-1 under attack (%) |\n|---|---|---|---|---|---|---|")
+    print("\n| model | interpreter | clean top-1 (%) | success rate (%) | median queries "
+          "| top-20 % IoU of maps | top-1 under attack (%) |\n|---|---|---|---|---|---|---|")
     for (name, interpreter), row in results.items():
         cells = []
         for key, scale in (("clean_top1", 1), ("success_rate", 100), ("median_queries", 1),

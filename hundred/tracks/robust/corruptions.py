@@ -263,17 +263,17 @@ def corrupt_packed(source: str | os.PathLike, out: str | os.PathLike,
     build in ``OUT.partial-<pid>`` and rename) writes it; bad input raises
     :class:`HundredError` before anything is written. Returns the new meta.json."""
     from hundred import __version__
-    from hundred.data.pack import META, is_packed, load_packed, record_arrays
+    from hundred.data.pack import META, load_packed, record_arrays
     from hundred.data.subset import fingerprint
-    from hundred.io import fsync_path, publish_directory, write_json
-    from hundred.tracks.robust.poison import _check_paths, _check_space
+    from hundred.tracks.robust.poison import (building_copy, check_copy_paths,
+                                              check_copy_space, publish_copy)
 
     corruptions, severities = parse_corruptions(corruptions), parse_severities(severities)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise HundredError(f"--seed must be an integer, got {seed!r}")
     source = Path(source).expanduser().absolute()
     out = Path(out).expanduser().absolute()
-    _check_paths(source, out, replace)
+    check_copy_paths(source, out, replace)
     dataset = load_packed(source)
     meta = json.loads((source / META).read_text(encoding="utf-8"))
     if SPLIT not in meta["splits"]:
@@ -286,16 +286,9 @@ def corrupt_packed(source: str | os.PathLike, out: str | os.PathLike,
         raise HundredError(f"{source}: {clean.shape[1]} px images; the corruptions need at "
                            f"least {MIN_SIZE} px")
     domains = domains_of(corruptions, severities)
-    _check_space(out, {"files": {"val": {"bytes": int(np.prod(clean.shape)) * len(domains)},
-                                 **meta["files"]}})
-    partial = out.with_name(f"{out.name}.partial-{os.getpid()}")
-    try:
-        if partial.exists():
-            shutil.rmtree(partial)
-        partial.mkdir(parents=True)
-    except OSError as error:
-        raise HundredError(f"cannot write the output next to {out}: {error}") from None
-    try:
+    check_copy_space(out, {"files": {
+        "val": {"bytes": int(np.prod(clean.shape)) * len(domains)}, **meta["files"]}})
+    with building_copy(out) as partial:
         entry = meta["splits"][SPLIT]
         names: list[str] = []
         for split, other in meta["splits"].items():
@@ -340,12 +333,7 @@ def corrupt_packed(source: str | os.PathLike, out: str | os.PathLike,
             "info": {**(meta.get("info") or {}), "corruption": record},
             "corruption": record, "hundred_version": __version__,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds")})
-        write_json(partial / META, new_meta)  # last: its presence marks a finished copy
-        fsync_path(partial)
-        publish_directory(partial, out, replace, is_packed, "packed dataset")
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
+        publish_copy(partial, out, new_meta, replace)
     return new_meta
 
 

@@ -39,6 +39,7 @@ backdoors ``blto`` and ``patch`` live in :mod:`hundred.tracks.robust.backdoor`.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from contextlib import contextmanager
 
 import argparse
 import hashlib
@@ -49,7 +50,7 @@ import shutil
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, ClassVar, TypeVar
+from typing import Any, Callable, ClassVar, Iterator, TypeVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -234,11 +235,13 @@ def _check_request(method: str, key: Any, fraction: Any, params: dict[str, Any]
         raise HundredError(f"poison {method}: {problems}") from None
 
 
-def _check_paths(source: Path, out: Path, replace: bool) -> None:
+def check_copy_paths(source: Path, out: Path, replace: bool) -> None:
+    """HundredError unless ``source`` is a packed dataset and ``out`` a place for a copy of
+    it: not the source, not inside it (nor it inside ``out``), and free unless ``replace``."""
     from hundred.data.pack import is_packed
 
     if not source.exists():
-        raise HundredError(f"{source} does not exist: poison takes a packed directory "
+        raise HundredError(f"{source} does not exist: give a packed directory "
                            f"(hundred data pack SOURCE --res R --out DIR)")
     if not is_packed(source):
         raise HundredError(f"{source} is not a packed dataset (no meta.json of format "
@@ -246,7 +249,7 @@ def _check_paths(source: Path, out: Path, replace: bool) -> None:
                            f"--res R --out DIR")
     real_source, real_out = source.resolve(), out.resolve()
     if real_out == real_source:
-        raise HundredError(f"--out {out} is the source itself; poisoning writes a copy")
+        raise HundredError(f"--out {out} is the source itself; a copy is written")
     if real_source in real_out.parents or real_out in real_source.parents:
         raise HundredError(f"--out {out} and the source {source} lie inside one another; "
                            f"choose an --out beside the source")
@@ -255,6 +258,35 @@ def _check_paths(source: Path, out: Path, replace: bool) -> None:
     from hundred.io import check_replaceable
 
     check_replaceable(out, replace, is_packed, "packed dataset")
+
+
+@contextmanager
+def building_copy(out: Path) -> Iterator[Path]:
+    """A fresh ``OUT.partial-<pid>`` directory to build a packed copy in, removed when the
+    block fails; :func:`publish_copy` renames it into place."""
+    partial = out.with_name(f"{out.name}.partial-{os.getpid()}")
+    try:
+        if partial.exists():  # left by an earlier failed call of this very process
+            shutil.rmtree(partial)
+        partial.mkdir(parents=True)
+    except OSError as error:
+        raise HundredError(f"cannot write the output next to {out}: {error}") from None
+    try:
+        yield partial
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+
+
+def publish_copy(partial: Path, out: Path, meta: dict[str, Any], replace: bool) -> None:
+    """Write ``meta`` last (its presence marks a finished copy), sync, and rename ``partial``
+    to ``out`` (replacing a packed dataset there only when ``replace``)."""
+    from hundred.data.pack import META, is_packed
+    from hundred.io import fsync_path, publish_directory, write_json
+
+    write_json(partial / META, meta)
+    fsync_path(partial)
+    publish_directory(partial, out, replace, is_packed, "packed dataset")
 
 
 def _selection(key: int, count: int, fraction: float) -> np.ndarray:
@@ -270,14 +302,15 @@ def _selection(key: int, count: int, fraction: float) -> np.ndarray:
     return mask
 
 
-def _check_space(out: Path, meta: dict[str, Any]) -> None:
+def check_copy_space(out: Path, meta: dict[str, Any]) -> None:
+    """HundredError unless the disk under ``out`` holds the files ``meta`` lists (+ 1 MiB)."""
     needed = sum(int(facts["bytes"]) for facts in meta["files"].values()) + (1 << 20)
     existing = out.parent
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     free = shutil.disk_usage(existing).free
     if needed > free:
-        raise HundredError(f"the poisoned copy needs {needed / 1e9:.2f} GB, but {existing} has "
+        raise HundredError(f"the copy needs {needed / 1e9:.2f} GB, but {existing} has "
                            f"{free / 1e9:.2f} GB free")
 
 
@@ -315,16 +348,15 @@ def poison_packed(source: str | os.PathLike, out: str | os.PathLike, method: str
     learns (:meth:`Poison.prepare`, e.g. BLTO's generator) trains.
     """
     from hundred import __version__
-    from hundred.data.pack import META, is_packed, load_packed, record_arrays
+    from hundred.data.pack import META, load_packed, record_arrays
     from hundred.data.subset import fingerprint
-    from hundred.io import fsync_path, publish_directory, write_json
 
     started = time.time()
     cls, checked = _check_request(method, key, fraction, params)
     key, fraction = int(key), float(fraction)
     source = Path(source).expanduser().absolute()
     out = Path(out).expanduser().absolute()
-    _check_paths(source, out, replace)
+    check_copy_paths(source, out, replace)
     dataset = load_packed(source)  # every check: meta.json, sha256s, labels
     meta = json.loads((source / META).read_text(encoding="utf-8"))
     if SPLIT not in meta["splits"]:
@@ -333,21 +365,14 @@ def poison_packed(source: str | os.PathLike, out: str | os.PathLike, method: str
     if "poison" in meta:
         raise HundredError(f"{source} is already poisoned ({meta['poison'].get('method')}); "
                            f"poison the clean pack instead")
-    _check_space(out, meta)
+    check_copy_space(out, meta)
     poison = cls(key, dataset.num_classes, checked)
     labels = np.asarray(dataset.arrays(SPLIT).labels)
     mask = poison.select(labels, fraction)
     mask_name = f"{SPLIT}{MASK_SUFFIX}"
     poison.prepare(dataset.arrays(SPLIT).images, labels, mask, device)
 
-    partial = out.with_name(f"{out.name}.partial-{os.getpid()}")
-    try:
-        if partial.exists():  # left by an earlier failed call of this very process
-            shutil.rmtree(partial)
-        partial.mkdir(parents=True)
-    except OSError as error:
-        raise HundredError(f"cannot write the output next to {out}: {error}") from None
-    try:
+    with building_copy(out) as partial:
         names: list[str] = []
         for split, entry in meta["splits"].items():
             if split == SPLIT:
@@ -388,12 +413,7 @@ def poison_packed(source: str | os.PathLike, out: str | os.PathLike, method: str
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "seconds": round(time.time() - started, 2),
         })
-        write_json(partial / META, new_meta)  # last: its presence marks a finished copy
-        fsync_path(partial)
-        publish_directory(partial, out, replace, is_packed, "packed dataset")
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
+        publish_copy(partial, out, new_meta, replace)
     return new_meta
 
 
