@@ -109,6 +109,24 @@ def _spiking_vgg(img_size: int = 32, **kwargs: Any) -> nn.Module:
     return SpikingVGG(img_size=img_size, **kwargs)
 
 
+def _cellnet(img_size: int = 32, **kwargs: Any) -> nn.Module:
+    from hundred.tracks.compress.cells import cellnet  # the compress/eeea search space
+
+    return cellnet(img_size=img_size, **kwargs)
+
+
+def _elastic(img_size: int = 32, **kwargs: Any) -> nn.Module:
+    from hundred.models.elastic import ElasticResNet  # compress/bignas's supernet
+
+    return ElasticResNet(img_size=img_size, **kwargs)
+
+
+def _hytra(img_size: int = 32, **kwargs: Any) -> nn.Module:
+    from hundred.models.hytra import hytra
+
+    return hytra(img_size=img_size, **kwargs)
+
+
 # the 4x-wide CIFAR ResNets of the distillation benchmarks (Tian et al., ICLR 2020)
 _X4 = {"width": 64, "stem_width": 32, "projection": True}
 
@@ -128,13 +146,20 @@ LOCAL_MODELS: dict[str, tuple[Callable[..., nn.Module], str]] = {
                         "timm ResNet-18 with a 3x3/1 stem and no max-pool, for 32-64 px"),
     "convnet_d3": (lambda **kw: ConvNet(depth=3, **kw), "ConvNet-D3 (width 128, instance norm)"),
     "convnet_d4": (lambda **kw: ConvNet(depth=4, **kw), "ConvNet-D4 (width 128, instance norm)"),
+    "elastic_resnet": (lambda img_size=32, **kw: _elastic(img_size, **kw),
+                       "elastic ResNet supernet (depth/width/kernel; compress/bignas); "
+                       "option child=CHILD builds one standalone child"),
     "spiking_vgg": (_spiking_vgg, "spiking VGG (conv-BN-LIF, snntorch); the ANN twin until a "
                     "spiking method sets its timesteps"),
+    "cellnet": (_cellnet, "DARTS-like cell network from a genome (model.options.genome; "
+                "the compress track's eeea search exports one)"),
     "vit_tiny_p4_32": (_vit_32, "small ViT for 32 px: patch 4, width 192, depth 9"),
     "convit_ca": (convit_ca,
                   "GCAB/DyTox ConViT: patch 4, width 384, 5 GPSA + 1 class-attention block"),
     "convit_ca_tiny": (convit_ca_tiny,
                        "CPU-sized ConViT: patch 4, width 64, 2 GPSA + 1 class-attention block"),
+    "hytra": (_hytra, "BossNAS's hybrid CNN-transformer space at CPU scale: a path of "
+              "ResConv/ResAtt layers (options.path), or the supernet (options.supernet)"),
 }
 
 

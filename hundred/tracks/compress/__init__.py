@@ -5,7 +5,7 @@ batch 1 and a large batch, the bytes one training step saves for backward — ne
 accuracy, and export the compressed model as a plain finished run."""
 
 from hundred.track import (ATTACK_DESCRIPTORS, ATTACK_METRICS, CostScatter, Metric, ReportSpec,
-                           Shortcut, Track)
+                           RunImage, Shortcut, Track)
 from hundred.tracks.compress.config import CompressConfig
 
 TRACK = Track(
@@ -38,7 +38,9 @@ TRACK = Track(
             CostScatter("flops", "FLOPs (2 x fvcore MACs, batch 1)", name="top1_vs_flops"),
             CostScatter("params", "parameters", name="top1_vs_params"),
             CostScatter("saved_activation_bytes", "bytes saved for backward (one step)",
-                        name="top1_vs_memory"))),
+                        name="top1_vs_memory")),
+        images=(RunImage("eeea_pareto.png", "eeea: proxy error against parameters of every "
+                         "searched candidate, the final Pareto front and the chosen one"),)),
     shortcuts=(Shortcut("flops-target", "compress.flops_target", float,
                         help="share of the dense model's FLOPs to keep, in (0, 1)"),
                Shortcut("init", "compress.init",
@@ -50,4 +52,5 @@ TRACK = Track(
         "compress.latency_warmup": "the measurement is the same in both phases",
         "compress.latency_repeats": "the measurement is the same in both phases"},
     check_methods=("dense",),
+    commands=".cli:add_commands",  # hundred search compress RUN_DIR (supernet children)
 )

@@ -198,6 +198,11 @@ def exported_model(model_config: ModelConfig, model: Classifier, num_classes: in
     in the dense network ``model_config`` builds without a width plan."""
     options = {key: value for key, value in model_config.options.items()
                if key != PRUNED_WIDTHS}
+    # a model that names the options building it (a supernet's child: model.options.child)
+    named = getattr(model, "model_options", None) or {}
+    options.update(named)
+    options = {key: value for key, value in options.items()  # a None there drops the key
+               if not (key in named and value is None)}
     with torch.device("meta"):
         dense = structure(create(model_config.name, num_classes, head=model_config.head,
                                  img_size=size, **options))
