@@ -16,9 +16,9 @@ def add_commands(commands: Any, data_commands: Any) -> None:
         "under a FLOPs or parameter budget; writes it as a finished compress run",
         description="Random children of RUN_DIR's supernet are measured (FLOPs = 2 x fvcore "
         "MACs at batch 1, parameters); those under the budget with the most FLOPs are "
-        "BN-recalibrated on training batches and scored on val, the best is kept and written "
-        "as a new compress run (summary, export) that hundred report plots. Bad input writes "
-        "nothing.")
+        "BN-recalibrated on training batches and scored on 1000 training images (never on "
+        "val, which reports the chosen child); the best is kept and written as a new compress "
+        "run (summary, export) that hundred report plots. Bad input writes nothing.")
     parser.add_argument("track", choices=("compress",), help="the track (compress)")
     parser.add_argument("run_dir", help="a finished compress/bignas run (trained without "
                         "compress.flops_target, so its checkpoint holds the supernet)")
@@ -29,7 +29,7 @@ def add_commands(commands: Any, data_commands: Any) -> None:
     parser.add_argument("--samples", type=int, default=300, help="random children sampled "
                         "(default 300)")
     parser.add_argument("--evaluate", type=int, default=5, help="children under the budget "
-                        "scored on val after BN recalibration (default 5)")
+                        "scored on training images after BN recalibration (default 5)")
     parser.add_argument("--calibration-batches", type=int, default=16, help="training batches "
                         "of BN recalibration per child (default 16)")
     parser.add_argument("--name", help="name of the new run directory (default: generated)")

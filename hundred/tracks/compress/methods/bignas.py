@@ -28,8 +28,8 @@ Export: without ``compress.flops_target`` the largest child (the full network) w
 statistics recalibrated; the run's checkpoint then still holds the whole supernet, so
 ``hundred search compress RUN_DIR --flops 0.5`` can pick children afterwards. With
 ``compress.flops_target`` the run itself searches (the same :func:`search_child`, children
-scored on val after recalibration) and exports the best child under the budget; its
-checkpoint then holds that child, not the supernet.
+scored on training images after recalibration) and exports the best child under the budget;
+its checkpoint then holds that child, not the supernet.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ class BigNASParams(BaseModel):
     search_samples: int = Field(300, ge=1, description="random children sampled by the search "
                                 "under compress.flops_target")
     search_evaluate: int = Field(5, ge=1, description="children under the budget (most FLOPs "
-                                 "first) recalibrated and scored on val by the search")
+                                 "first) recalibrated and scored on training images by the search")
 
 
 def soft_cross_entropy(logits: torch.Tensor, target_logits: torch.Tensor,
