@@ -341,6 +341,9 @@ def pareto_front(points: Sequence[tuple[float, float]], higher_is_better: bool =
     return front
 
 
+_LEGEND_CHARS = 60  # longest row name a scatter legend shows
+
+
 def cost_scatter(rows: Sequence[GroupRow], scatter: CostScatter, path: Path,
                  warn: Warn = print_warning) -> Plot | None:
     """The metric ``scatter.metric`` (the primary one when None) against the cost
@@ -369,9 +372,12 @@ def cost_scatter(rows: Sequence[GroupRow], scatter: CostScatter, path: Path,
                  f"{label}-vs-{scatter.cost_label} plot")
         if not mine:
             continue
+        name = row_label(row, rows)
+        if len(name) > _LEGEND_CHARS:  # e.g. a supernet child's whole shape
+            name = name[:_LEGEND_CHARS - 1] + "…"
         ax.scatter([c for c, _ in mine], [v for _, v in mine], s=36, alpha=0.85,
                    color=f"C{index % 10}", marker=_MARKERS[index % len(_MARKERS)],
-                   label=f"{row_label(row, rows)} · n={len(mine)}", zorder=3)
+                   label=f"{name} · n={len(mine)}", zorder=3)
         points += mine
     if not points:
         return None
@@ -388,8 +394,13 @@ def cost_scatter(rows: Sequence[GroupRow], scatter: CostScatter, path: Path,
     ax.set_ylabel(label)
     ax.set_title(_setting(rows[0]), fontsize=13)
     ax.grid(True, alpha=0.3, which="both")
-    ax.legend(title="one point per run", fontsize=8, title_fontsize=8, loc="best",
-              framealpha=0.9)
+    if len(rows) > 4:  # many rows: the legend beside the axes, not over the points
+        figure.set_size_inches(11.0, 4.6)
+        ax.legend(title="one point per run", fontsize=7, title_fontsize=8,
+                  loc="upper left", bbox_to_anchor=(1.01, 1.0), framealpha=0.9)
+    else:
+        ax.legend(title="one point per run", fontsize=8, title_fontsize=8, loc="best",
+                  framealpha=0.9)
     better = "higher" if higher else "lower"
     caption = (f"{label} against {scatter.cost_label}, {_setting(rows[0])}: one point per run; "
                f"the dashed line is the Pareto front (no other run has a lower cost and a "
