@@ -110,7 +110,7 @@ def _spiking_vgg(img_size: int = 32, **kwargs: Any) -> nn.Module:
 
 
 def _cellnet(img_size: int = 32, **kwargs: Any) -> nn.Module:
-    from hundred.tracks.compress.cells import cellnet  # the compress/eeea search space
+    from hundred.models.cells import cellnet  # a DARTS-like cell search space (eeea)
 
     return cellnet(img_size=img_size, **kwargs)
 

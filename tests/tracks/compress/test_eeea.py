@@ -19,7 +19,7 @@ from hundred.engine.cost import count_parameters
 from hundred.engine.run import load_data
 from hundred.errors import HundredError
 from hundred.models import create
-from hundred.tracks.compress.cells import genome_bounds, random_genome
+from hundred.models.cells import genome_bounds, random_genome
 from hundred.tracks.compress.methods.eeea import EEEA, build
 
 TINY = "data.options={classes: 4, train_per_class: 16, val_per_class: 8, res: 8}"

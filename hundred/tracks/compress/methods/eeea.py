@@ -6,7 +6,7 @@ Neural Architecture Search", Engineering Applications of Artificial Intelligence
 (official code github.com/chakkritte/EEEA-Net, read only, nothing copied):
 
 * search space: DARTS-like normal and reduction cells, seven operations (max/avg pool 3x3,
-  skip, sep conv 3x3/5x5, dil conv 3x3/5x5), :mod:`hundred.tracks.compress.cells`; the
+  skip, sep conv 3x3/5x5, dil conv 3x3/5x5), :mod:`hundred.models.cells`; the
   genome is a vector of integers (per node: two inputs and two operations);
 * NSGA-II (Deb et al., 2002; here pymoo's ``NSGA2`` with integer SBX crossover and
   polynomial mutation, rounded) minimising two objectives: the validation error after a short
@@ -56,7 +56,7 @@ from hundred.engine.losses import cross_entropy
 from hundred.errors import HundredError
 from hundred.models import Classifier, create
 from hundred.registry import register
-from hundred.tracks.compress.cells import check_genome, describe, genome_bounds, random_genome
+from hundred.models.cells import check_genome, describe, genome_bounds, random_genome
 from hundred.tracks.compress.method import CompressMethod
 
 CANDIDATES_FILE = "eeea_candidates.jsonl"
