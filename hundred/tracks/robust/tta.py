@@ -37,6 +37,7 @@ optimiser) live here, since TENT, EATA and ReservoirTTA's specialists all use th
 from __future__ import annotations
 
 import copy
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Literal, Mapping
@@ -212,15 +213,16 @@ class TTAContext:
             yield self.normalise(torch.from_numpy(chunk).to(self.device))
 
 
-class Learner:
+class Learner(ABC):
     """Adapts one model online: :meth:`step` predicts a normalised test batch (logits) and
     updates the model from it."""
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
 
+    @abstractmethod
     def step(self, images: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """The logits of ``images``; the model adapted from them (or not, for the source)."""
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> torch.Tensor:
@@ -248,8 +250,11 @@ class TestTimeAdaptation(RobustMethod):
         """Once before the stream, with the source model (eval mode; do not change it)."""
 
     def make_learner(self, model: nn.Module, ctx: TTAContext) -> Learner:
-        """A :class:`Learner` adapting ``model`` (a copy of the source, or of a specialist)."""
-        raise NotImplementedError
+        """A :class:`Learner` adapting ``model`` (a copy of the source, or of a specialist).
+        Needed by the default :meth:`start` / :meth:`adapt` (one learner for the whole
+        stream); a method that overrides both (reservoir_tta) need not provide it."""
+        raise HundredError(f"robust/{self.name} adapts with one learner but defines no "
+                           "make_learner(); override start() and adapt() otherwise")
 
     def start(self, source: nn.Module, ctx: TTAContext) -> None:
         """Before the stream: :meth:`prepare`, then one learner on a copy of the source."""
