@@ -19,7 +19,11 @@ epochs, batch 64, SGD lr 0.1 with the run's default schedule, nothing tuned. Gro
   forward/backward passes, 1 a step for the first half, 4 after). Reported: top-1 of the
   largest child (the run's export, BN recalibrated) and of the smallest child (``hundred
   search compress --flops 0.0925 --samples 1 --evaluate 1``: only the smallest child, at
-  0.092 of the largest child's FLOPs, fits; BN recalibrated on 16 training batches).
+  0.092 of the largest child's FLOPs, fits; BN recalibrated on 16 training batches). The
+  OFA progressive-shrinking schedule (``compress/ofa``: the full network alone for half the
+  steps, then elastic kernel, from 0.6 also depth, from 0.8 also width, 4 children a step
+  with KD from the frozen full network) runs the same steps and as many child passes a step
+  as DεpS after its shrinking point (plus one teacher forward pass).
 
 Runs are ordinary run directories under ``--out`` with fixed names; run again to skip finished
 runs:
@@ -110,7 +114,9 @@ def deps(out: Path, seeds: int) -> None:
     variants = (("DεpS, shrink_start 0.5 (late)", "deps", "deps-s{seed}", ()),
                 ("BigNAS (shrinks from the start)", "bignas", "bignas-s{seed}", ()),
                 ("DεpS, shrink_start 0 (from the start)", "deps", "deps0-s{seed}",
-                 ("--set", "method_params.shrink_start=0")))
+                 ("--set", "method_params.shrink_start=0")),
+                ("OFA progressive shrinking (from 0.5: kernel, depth 0.6, width 0.8)", "ofa",
+                 "ofa-s{seed}", ()))
     for seed in range(seeds):
         for label, method, name, extra in variants:
             run_dir, summary = supernet(out, data, method, name.format(seed=seed), seed,

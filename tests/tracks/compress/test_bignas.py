@@ -129,3 +129,68 @@ def test_deps_trains_the_full_model_alone_before_the_shrinking_point():
             betas.append(method.beta(epoch * 4 + step))
     assert betas[:4] == [0.0] * 4
     assert betas[4] == 0.0 and 0 < betas[5] < betas[6] == 1.0 == betas[7]
+
+
+def test_ofa_shrinks_progressively_and_distils_from_the_frozen_full_network():
+    """OFA (Cai et al., ICLR 2020): the full network alone, then children elastic in the
+    kernel, then also depth, then also width; the KD target is the full network as the first
+    phase left it, which no later step changes."""
+    from hundred.engine.method import SetupContext
+    from hundred.tracks.compress.methods.ofa import OFA
+
+    torch.manual_seed(0)
+    model = create("elastic_resnet", 4, img_size=8, zero_init_residual=False, **OPTIONS)
+    method = OFA({"kernel_start": 0.25, "depth_start": 0.5, "width_start": 0.75,
+                  "children": 3})
+    method.setup(model, SetupContext(method.config, torch.device("cpu"), steps_per_epoch=8,
+                                     epochs=2))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    space = supernet_of(model)
+    largest = space.largest()
+    images, labels = torch.randn(8, 3, 8, 8), torch.randint(0, 4, (8,))
+    seen: dict[str, set[str]] = {}
+    snapshot = None
+    for epoch in range(2):
+        method.on_epoch_start(epoch)
+        for _ in range(8):
+            if snapshot is None and method.step == 4:  # the first phase ends here
+                snapshot = {k: v.clone() for k, v in model.state_dict().items()}
+            optimizer.zero_grad()
+            method.loss(model, images, labels).backward()
+            optimizer.step()
+            phase = method.trace[0]["phase"]
+            varied = seen.setdefault(phase, set())
+            for entry in method.trace:
+                child = entry["child"]
+                if child["depth"] != largest["depth"]:
+                    varied.add("depth")
+                for key, top in (("expand", max(space.expand_choices)),
+                                 ("kernel", max(space.kernel_choices))):
+                    if any(value != top for stage in child[key] for value in stage):
+                        varied.add(key)
+            if phase == "full":
+                assert len(method.trace) == 1
+            else:
+                assert len(method.trace) == 3
+                assert all(not p.requires_grad for p in method.teacher.parameters())
+                teacher = method.teacher.state_dict()
+                assert all(torch.equal(teacher[k], snapshot[k]) for k in snapshot)
+                with torch.no_grad():
+                    expected = method.teacher.eval()(images)
+                assert all(torch.equal(e["target"], expected) for e in method.trace)
+    assert list(seen) == ["full", "kernel", "depth", "width"]
+    assert seen["full"] == set() and seen["kernel"] == {"kernel"}
+    assert seen["depth"] <= {"kernel", "depth"} and "depth" in seen["depth"]
+    assert "expand" in seen["width"]
+    # the model moved on after the teacher was taken
+    assert any(not torch.equal(v, snapshot[k]) for k, v in model.state_dict().items()
+               if v.is_floating_point())
+    assert method.state_dict() == {"teacher_taken": True}
+
+
+def test_ofa_refuses_phases_out_of_order():
+    from hundred.errors import HundredError
+    from hundred.tracks.compress.methods.ofa import OFA
+
+    with pytest.raises((HundredError, ValueError), match="in order"):
+        OFA({"kernel_start": 0.6, "depth_start": 0.5})

@@ -92,6 +92,10 @@ class BigNAS(CompressMethod):
         self._dataset: Dataset | None = None
         self._loader: Any = None
         self.search: dict[str, Any] | None = None
+        # the step counter of schedules over training progress (DεpS, OFA)
+        self.total_steps = 1
+        self.steps_per_epoch = 1
+        self.step = 0
 
     def prepare(self, config: RunConfig, dataset: Dataset, image_size: int) -> None:
         if config.model.name != "elastic_resnet" or "child" in config.model.options:
@@ -103,6 +107,16 @@ class BigNAS(CompressMethod):
 
     def setup(self, model: nn.Module, ctx: SetupContext) -> None:
         supernet_of(model)
+        self.steps_per_epoch = max(1, ctx.steps_per_epoch)
+        self.total_steps = max(1, ctx.steps_per_epoch * ctx.epochs)
+
+    def on_epoch_start(self, epoch: int) -> None:
+        self.step = epoch * self.steps_per_epoch  # also right after a resume
+
+    def next_step(self) -> float:
+        """Count one training step; returns the share of training done before it."""
+        step, self.step = self.step, self.step + 1
+        return step / self.total_steps
 
     def train_loader(self, ctx: Any, dataset: Dataset) -> Any:
         self._ctx, self._dataset = ctx, dataset

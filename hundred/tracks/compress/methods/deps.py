@@ -31,7 +31,6 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from hundred.engine.method import SetupContext
 from hundred.registry import register
 from hundred.tracks.compress.methods.bignas import BigNAS, BigNASParams
 from hundred.tracks.compress.supernet import sandwich, supernet_of
@@ -54,20 +53,6 @@ class DepS(BigNAS):
 
     Params = DepSParams
 
-    def __init__(self, params: dict[str, Any] | None = None, config: Any = None) -> None:
-        super().__init__(params, config)
-        self.total_steps = 1
-        self.steps_per_epoch = 1
-        self.step = 0
-
-    def setup(self, model: nn.Module, ctx: SetupContext) -> None:
-        super().setup(model, ctx)
-        self.steps_per_epoch = max(1, ctx.steps_per_epoch)
-        self.total_steps = max(1, ctx.steps_per_epoch * ctx.epochs)
-
-    def on_epoch_start(self, epoch: int) -> None:
-        self.step = epoch * self.steps_per_epoch  # also right after a resume
-
     def beta(self, step: int) -> float:
         """The children's loss weight at ``step``: 0 before the shrinking point, then a linear
         ramp to ``child_multiplier``."""
@@ -81,8 +66,8 @@ class DepS(BigNAS):
 
     def loss(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         space = supernet_of(model)
-        step, self.step = self.step, self.step + 1
-        if step / self.total_steps < self.params.shrink_start:  # the full model alone
+        step = self.step
+        if self.next_step() < self.params.shrink_start:  # the full model alone
             return self.sandwich_loss(model, images, labels, [space.largest()])
         temperature = self.params.temperature
         return self.sandwich_loss(model, images, labels,
