@@ -1,0 +1,1 @@
+"""The generate track's methods, one file each (discovered by the registry)."""
