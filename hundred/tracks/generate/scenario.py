@@ -181,6 +181,7 @@ def run(config: RunConfig, method: GenerateMethod, resume_dir: Path | None = Non
         codec = Codec.load(latent_dir, device)
     method.codec = codec
     shape = (3, size, size) if codec is None else codec.latent_shape(size)
+    shape = method.denoiser_shape(shape)  # SFD adds its semantic channels
     denoiser = None
     if method.objective != "own":
         torch.manual_seed(config.seed)
@@ -217,6 +218,8 @@ def run(config: RunConfig, method: GenerateMethod, resume_dir: Path | None = Non
         if init_dir is not None:
             method.load_for_sampling({k: v.to(ctx.device) for k, v in init_state.items()})
             model = denoiser.to(ctx.device) if denoiser is not None else None
+            if model is not None:  # e.g. FlowTurbo's refiner when the init run had none
+                summary.update(method.after_training(model, train_ctx))
         elif method.objective == "own":
             start = time.perf_counter()
             model = method.train_own(train_ctx)
@@ -258,13 +261,13 @@ def run(config: RunConfig, method: GenerateMethod, resume_dir: Path | None = Non
         # 4. measure against the val split
         real, real_labels = real_images(dataset, "val")
         feature_net = metrics.FeatureNet(evaluator, evaluator_config_.data.mean,
-                                         evaluator_config_.data.std).to(ctx.device)
+                                         evaluator_config_.data.std,
+                                         name=evaluator_config_.model.name).to(ctx.device)
         quality = metrics.quality_report(real, real_labels, fake, fake_labels, feature_net,
                                          inception=inception)
         summary.update(quality)
-        summary.update({"fd_features": f"{teacher_label(str(evaluator_dir))}: penultimate "
-                                       "features (not FID)",
-                        "evaluator": str(evaluator_dir),
+        summary.update({"evaluator": f"{teacher_label(str(evaluator_dir))}",
+                        "evaluator_dir": str(evaluator_dir),
                         "sampler": method.name, "steps": settings.steps,
                         "guidance": method.guidance(), "eta": settings.eta,
                         "nfe": nfe, "images_per_second": round(images_per_second, 2),

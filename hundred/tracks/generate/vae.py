@@ -136,7 +136,7 @@ def train_vae(config: RunConfig, out: Path, widths: tuple[int, ...] = (32, 64),
     device = resolve_device(config.train.device)
     torch.manual_seed(config.seed)
     vae = build_vae(size, widths, latent_channels)
-    out.mkdir(parents=True, exist_ok=True)
+    (out / "train").mkdir(parents=True, exist_ok=True)
     ctx = RunContext(config, device, DistInfo(), out, console)
     loader = train_loader(ctx, dataset)
     method = VAELoss(config, kl_weight)
