@@ -164,6 +164,9 @@ class TrainConfig(StrictModel):
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     grad_clip: Optional[float] = Field(None, gt=0, description="max gradient norm")
     ema_decay: Optional[float] = Field(None, gt=0, lt=1, description="EMA of weights; None = off")
+    ema_warmup: bool = Field(False, description="the EMA's decay warms up as "
+                             "1 - (1 + step)^(-2/3), capped at ema_decay (diffusion models' "
+                             "practice), so a short run's average is not the initialisation's")
     amp: Literal["auto", "bf16", "off"] = Field("auto", description="bf16 autocast on CUDA")
     checkpoint_every: int = Field(1, ge=1, description="epochs between checkpoints")
     keep_checkpoints: int = Field(1, ge=1)

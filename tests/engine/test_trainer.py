@@ -172,6 +172,21 @@ def test_the_ema_follows_the_weights_after_every_step(tmp_path):
         assert same == (decay < 0.5)
 
 
+def test_ema_warmup_forgets_the_initialisation_faster(tmp_path):
+    """With a decay close to 1 a short run's plain EMA is still mostly the initial weights;
+    with the warm-up (decay 1 - (1 + step)^(-2/3), capped) it is close to the trained model."""
+    distances = {}
+    for warmup in (False, True):
+        summary = TRACK.run(tiny(tmp_path, "train.ema_decay=0.9999", f"train.ema_warmup={warmup}",
+                                 "train.epochs=1", f"name=warmup-{warmup}"))
+        weights = final_weights(Path(summary["run_dir"]))
+        model = {k: v for k, v in weights.items() if not k.startswith(("ema.", "method."))}
+        ema = {k[4:]: v for k, v in weights.items() if k.startswith("ema.")}
+        distances[warmup] = sum(float((ema[k] - model[k]).norm()) for k in model
+                                if model[k].is_floating_point() and "running" not in k)
+    assert distances[True] < 0.5 * distances[False]
+
+
 def test_model_input_size_can_differ_from_the_data_resolution(tmp_path):
     """Pack a margin (20 px), train and evaluate on 16 px crops: the usual ImageNet recipe."""
     summary = TRACK.run(tiny(tmp_path, "train.epochs=1", "data.image_size=16",

@@ -46,6 +46,9 @@ class GenerateConfig(StrictModel):
         "(1, ddim_cfg: 2)")
     eta: float = Field(0.0, ge=0, le=1, description="DDIM's eta: 0 deterministic, 1 "
                        "DDPM-like ancestral noise")
+    clip_sample: bool = Field(True, description="clip DDIM's / DDPM's prediction of x_0 to "
+                              "[-1, 1] at every step (Ho et al.'s and Song et al.'s code do; "
+                              "off: the exact DDIM ODE, whose inversion recovers the noise)")
     samples_per_class: int = Field(32, ge=1, description="samples drawn per class and "
                                    "measured against the val split")
     sample_batch: int = Field(256, ge=1, description="samples generated per batch")

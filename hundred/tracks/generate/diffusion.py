@@ -29,8 +29,9 @@ from hundred.tracks.generate.method import SampleContext
 BETA_SCHEDULES = {"linear": "linear", "cosine": "squaredcos_cap_v2"}
 
 
-def scheduler(kind: str, timesteps: int, schedule: str) -> Any:
-    """A diffusers scheduler (``ddpm``, ``ddim`` or ``ddim_inverse``) of the run's schedule."""
+def scheduler(kind: str, timesteps: int, schedule: str, clip: bool = True) -> Any:
+    """A diffusers scheduler (``ddpm``, ``ddim`` or ``ddim_inverse``) of the run's schedule;
+    ``clip``: the prediction of x_0 is clipped to [-1, 1] at every step."""
     from diffusers import DDIMInverseScheduler, DDIMScheduler, DDPMScheduler
 
     cls = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler,
@@ -38,9 +39,9 @@ def scheduler(kind: str, timesteps: int, schedule: str) -> Any:
     options: dict[str, Any] = {"num_train_timesteps": timesteps,
                                "beta_schedule": BETA_SCHEDULES[schedule]}
     if kind == "ddpm":
-        options.update(variance_type="fixed_small", clip_sample=True)
+        options.update(variance_type="fixed_small", clip_sample=clip)
     else:
-        options.update(clip_sample=False, set_alpha_to_one=True, timestep_spacing="trailing")
+        options.update(clip_sample=clip, set_alpha_to_one=True, timestep_spacing="trailing")
     return cls(**options)
 
 
@@ -103,7 +104,7 @@ def ddpm_sample(model: nn.Module, labels: torch.Tensor, ctx: SampleContext,
     T; fewer steps skip timesteps as diffusers' DDPMScheduler does)."""
     settings = ctx.settings
     guidance = settings.guidance if guidance is None else guidance
-    sched = scheduler("ddpm", settings.timesteps, settings.schedule)
+    sched = scheduler("ddpm", settings.timesteps, settings.schedule, settings.clip_sample)
     sched.set_timesteps(min(settings.steps, settings.timesteps), device=ctx.device)
     x = ctx.noise(labels.shape[0])
     for k in sched.timesteps:
@@ -122,7 +123,7 @@ def ddim_sample(model: nn.Module, labels: torch.Tensor, ctx: SampleContext,
     settings = ctx.settings
     guidance = settings.guidance if guidance is None else guidance
     eta = settings.eta if eta is None else eta
-    sched = scheduler("ddim", settings.timesteps, settings.schedule)
+    sched = scheduler("ddim", settings.timesteps, settings.schedule, settings.clip_sample)
     sched.set_timesteps(min(settings.steps, settings.timesteps), device=ctx.device)
     x = ctx.noise(labels.shape[0]) if x is None else x
     for k in sched.timesteps:
@@ -136,11 +137,11 @@ def ddim_sample(model: nn.Module, labels: torch.Tensor, ctx: SampleContext,
 def ddim_invert(model: nn.Module, x0: torch.Tensor, labels: torch.Tensor, ctx: SampleContext,
                 guidance: float | None = None) -> torch.Tensor:
     """DDIM inversion: the deterministic (eta = 0) DDIM ODE run from data ``x0`` to noise
-    over the same steps; :func:`ddim_sample` of the result returns ``x0`` up to the
-    discretisation error."""
+    over the same steps, unclipped; :func:`ddim_sample` with ``generate.clip_sample`` off
+    maps the result back to ``x0`` up to the discretisation error."""
     settings = ctx.settings
     guidance = settings.guidance if guidance is None else guidance
-    sched = scheduler("ddim_inverse", settings.timesteps, settings.schedule)
+    sched = scheduler("ddim_inverse", settings.timesteps, settings.schedule, clip=False)
     sched.set_timesteps(min(settings.steps, settings.timesteps), device=ctx.device)
     x = x0
     for k in sched.timesteps:

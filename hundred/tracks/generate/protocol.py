@@ -37,7 +37,8 @@ def phase_generators(track: Track, methods: Mapping[str, type], config: RunConfi
         raise HundredError("hundred check trains each phase's denoiser itself (tuning and "
                            "evaluation use different classes): drop --init / generate.init")
     runs = {objective: phase_run(track, config, {"method": TRAINER_OF[objective],
-                                                 "method_params": {}, "seed": 0},
+                                                 "method_params": {}, "seed": 0,
+                                                 "model.name": config.generate.denoiser},
                                  f"generator-{objective}", "generators", out, console,
                                  "for the samplers")
             for objective in sorted(set(sampling.values()))}
