@@ -1,6 +1,9 @@
 """The generate track's own commands, added to ``hundred`` by the core CLI through
 ``Track.commands``: ``hundred generate vae`` trains latent diffusion's autoencoder
-(:mod:`hundred.tracks.generate.vae`)."""
+(:mod:`hundred.tracks.generate.vae`); ``hundred data dst3d`` (3D-DST,
+:mod:`hundred.tracks.generate.dst3d`) and ``hundred babel`` (Babel-ImageNet,
+:mod:`hundred.tracks.generate.babel`) run the pipelines whose large pretrained weights the
+user supplies as local files."""
 
 from __future__ import annotations
 
@@ -37,6 +40,13 @@ def add_commands(commands: Any, data_commands: Any) -> None:
     vae.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                      help="config override, e.g. data.options={res: 16} (repeatable)")
     vae.set_defaults(func=_cmd_generate_vae)
+
+    # the pipelines of the seeds that need large pretrained weights (local files only)
+    from hundred.tracks.generate.babel import add_babel_command
+    from hundred.tracks.generate.dst3d import add_dst3d_command
+
+    add_dst3d_command(data_commands)  # hundred data dst3d MESHES --sd DIR --controlnet DIR
+    add_babel_command(commands)  # hundred babel train-standin / eval
 
 
 def _cmd_generate_vae(args: argparse.Namespace) -> None:

@@ -119,6 +119,11 @@ class GenerateMethod(Method):
         pixels = (images.float() * std + mean) * 2 - 1
         return pixels if self.codec is None else self.codec.encode(pixels)
 
+    def denoiser_shape(self, shape: tuple[int, int, int]) -> tuple[int, int, int]:
+        """The ``(C, H, W)`` the denoiser works in, given the data's (pixels or VAE latents):
+        the same by default (SFD adds its semantic channels)."""
+        return shape
+
     def drop_labels(self, labels: torch.Tensor, null_label: int) -> torch.Tensor:
         """Classifier-free guidance's label dropout: each label becomes the null label with
         probability ``generate.label_dropout``."""
@@ -143,7 +148,9 @@ class GenerateMethod(Method):
 
     def after_training(self, model: nn.Module, ctx: TrainContext) -> dict[str, Any]:
         """Train what the method adds on top of the trained denoiser (e.g. FlowTurbo's
-        refiner); returns summary entries. Nothing by default."""
+        refiner); returns summary entries. Nothing by default. Also called on a denoiser
+        loaded from ``generate.init``, after :meth:`load_for_sampling`: a method whose loaded
+        state already holds what it trains skips training."""
         return {}
 
     def train_own(self, ctx: TrainContext) -> nn.Module:

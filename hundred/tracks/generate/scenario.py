@@ -82,8 +82,6 @@ def load_init(run_dir: Path, config: RunConfig, method: GenerateMethod
               ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], RunConfig]:
     """The denoiser weights and the method's sampling state of the finished generate run
     ``run_dir``, checked against this run (same data, denoiser, objective and latent space)."""
-    from hundred.engine.init import load_finished_run  # noqa: F401  (same checks as --init)
-
     summary_path = run_dir / "summary.json"
     if not summary_path.is_file() or not (run_dir / "config.yaml").is_file():
         raise HundredError(f"generate.init {run_dir} is not a finished run (it needs "
@@ -218,8 +216,10 @@ def run(config: RunConfig, method: GenerateMethod, resume_dir: Path | None = Non
         if init_dir is not None:
             method.load_for_sampling({k: v.to(ctx.device) for k, v in init_state.items()})
             model = denoiser.to(ctx.device) if denoiser is not None else None
-            if model is not None:  # e.g. FlowTurbo's refiner when the init run had none
-                summary.update(method.after_training(model, train_ctx))
+            if model is not None:  # e.g. FlowTurbo's refiner on another run's flow model
+                start = time.perf_counter()
+                summary.update(method.after_training(model.eval(), train_ctx))
+                train_seconds = time.perf_counter() - start
         elif method.objective == "own":
             start = time.perf_counter()
             model = method.train_own(train_ctx)
