@@ -107,3 +107,24 @@ def test_dit_denoiser_takes_the_null_label_and_does_not_drop_labels_itself():
     assert out.shape == x.shape
     torch.manual_seed(5)
     assert torch.equal(dit(x, t, labels), out)  # no random label dropout in train mode
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
+def test_with_the_exact_noise_predictor_the_samplers_draw_the_data_distribution(sampler):
+    """Data N(mu, s^2): the optimal eps(x_k) = sqrt(1 - abar) (x - sqrt(abar) mu) /
+    (abar s^2 + 1 - abar); DDIM and DDPM with it sample N(mu, s^2) up to discretisation."""
+    from hundred.tracks.generate.diffusion import ddpm_sample
+
+    mu, s = 0.3, 0.5
+    schedule = Schedule(1000, "linear")
+
+    class Oracle(torch.nn.Module):
+        def forward(self, x, t, labels):
+            abar = schedule.alphas_cumprod[(t * 1000).round().long()].view(-1, 1, 1, 1)
+            return (1 - abar).sqrt() * (x - abar.sqrt() * mu) / (abar * s * s + 1 - abar)
+
+    ctx = context(100, clip_sample="false")
+    draw = ddim_sample if sampler == "ddim" else ddpm_sample
+    x = draw(Oracle(), torch.zeros(256, dtype=torch.long), ctx, guidance=1.0)
+    assert x.mean().item() == pytest.approx(mu, abs=0.02)
+    assert x.std().item() == pytest.approx(s, rel=0.12)
