@@ -15,7 +15,13 @@ images/s (the latter on a shared CPU: compare within a group only). Groups (``--
 * ``flow``: one flow-matching UNet per seed (``flow_euler`` run, 20 Euler steps), then at 20
   NFE Heun (10 steps); at 8 NFE Euler (8 steps), Heun (4 steps) and FlowTurbo H2 P4 R3 (its
   refiner trained on the base model's late-step velocity, 100 steps); and FlowTurbo H2 P7
-  (pseudo corrector only, 11 NFE).
+  (pseudo corrector only, 11 NFE);
+* ``ppgn``: a condition classifier per seed (classify erm, ResNet-20, 15 epochs, seed + 1, so
+  the evaluator (seed 0) is not grading its own condition network), PPGN's G and R trained 20
+  epochs on its features, sampled 50 steps: the default rule, without the prior, the prior
+  only, and G(E(x)) of real codes (no step);
+* ``dit``: the flow group's recipe with the DiT denoiser (4 layers, 4 heads of 16, patch 2):
+  Euler 20 steps and Heun 4 steps.
 
 Runs are ordinary run directories under ``--out`` with fixed names; run again to skip finished
 runs:
@@ -116,7 +122,43 @@ def flow(out: Path, data: Path, seed: int) -> list[tuple[str, dict[str, Any]]]:
                     "method_params.refiner_steps=0"))]
 
 
-GROUPS = {"diffusion": diffusion, "latent": latent, "flow": flow}
+def ppgn(out: Path, data: Path, seed: int) -> list[tuple[str, dict[str, Any]]]:
+    condition, _ = runs.run(out, "classify", "erm", f"condition-s{seed}",
+                            ["--data", str(data), "-q", "--model", "resnet20", "--batch-size",
+                             "64", "--epochs", "15", "--seed", str(seed + 1)])
+    own = ("--epochs", "20", "--batch-size", "64", "--steps", "50",
+           "--set", f"method_params.condition={condition}")
+    base = runs.run(out, "generate", "ppgn", f"ppgn-s{seed}",
+                    ["--data", str(data), "-q", "--set", "generate.samples_per_class=16",
+                     *own, "--seed", str(seed)])[1]
+    init = out / "generate" / "ppgn" / f"ppgn-s{seed}"
+
+    def variant(name: str, *extra: str) -> dict[str, Any]:
+        return runs.run(out, "generate", "ppgn", f"ppgn-{name}-s{seed}",
+                        ["--data", str(data), "-q", "--set", "generate.samples_per_class=16",
+                         *own, "--init", str(init), *extra, "--seed", str(seed)])[1]
+
+    return [("PPGN default (eps1 0.1, eps2 1, eps3 0), 50 steps", base),
+            ("PPGN without the prior (eps1 0)", variant("noprior", "--set",
+                                                        "method_params.eps1=0")),
+            ("PPGN prior only (eps2 0)", variant("prioronly", "--set", "method_params.eps2=0")),
+            ("G(E(x)) of real codes, no step", variant("recon", "--steps", "1", "--set",
+                                                       "method_params.eps1=0", "--set",
+                                                       "method_params.eps2=0"))]
+
+
+def dit(out: Path, data: Path, seed: int) -> list[tuple[str, dict[str, Any]]]:
+    options = ("--set", "generate.denoiser=dit", "--set", "generate.denoiser_options={}")
+    base = sample(out, data, "flow_euler", f"dit-euler-s{seed}", seed, None, "--steps", "20",
+                  *options)
+    init = out / "generate" / "flow_euler" / f"dit-euler-s{seed}"
+    return [("DiT (4 layers, width 64, patch 2), flow Euler 20 steps", base),
+            ("DiT, flow Heun 4 steps (8 NFE)",
+             sample(out, data, "flow_heun", f"dit-heun4-s{seed}", seed, init, "--steps", "4",
+                    *options))]
+
+
+GROUPS = {"diffusion": diffusion, "latent": latent, "flow": flow, "ppgn": ppgn, "dit": dit}
 
 
 def main() -> None:

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from hundred.config import RunConfig
     from hundred.tracks.generate.config import GenerateConfig
 
-OBJECTIVES = ("ddpm", "flow", "own")
+OBJECTIVES = ("ddpm", "flow", "sfd", "own")
 
 
 @dataclass
