@@ -72,16 +72,24 @@ class SampleContext:
 
 @dataclass
 class TrainContext:
-    """What :meth:`GenerateMethod.after_training` and ``train_own`` get."""
+    """What :meth:`GenerateMethod.after_training` and ``train_own`` get. ``loader`` (the
+    run's training batches) is built on first use: a sampling-only run never needs it."""
 
     config: "RunConfig"
     device: torch.device
-    loader: Any
+    make_loader: Callable[[], Any]
     run_dir: Path | None
     console: Any
     to_model_space: Callable[[torch.Tensor], torch.Tensor]
     shape: tuple[int, int, int]
     num_classes: int
+    _loader: Any = None
+
+    @property
+    def loader(self) -> Any:
+        if self._loader is None:
+            self._loader = self.make_loader()
+        return self._loader
 
 
 class GenerateMethod(Method):

@@ -56,7 +56,9 @@ def _path(value: str | None, what: str, kind: str = "file") -> Path | None:
 
 def evaluator_config(config: RunConfig) -> RunConfig:
     """The classify run that measures samples of ``config.data`` when no evaluator is given:
-    ERM of a ResNet-20 (SGD 0.1, 15 epochs, seed 0), same data and image size."""
+    ERM of a ResNet-20 (SGD 0.1, ``generate.evaluator_epochs``, seed 0), the same data
+    settings (batch size included: runs to be compared share them, or name one evaluator
+    with ``generate.evaluator``)."""
     data = config.data.model_dump(mode="json")
     return build_config(base={
         "track": "classify", "method": "erm", "seed": 0, "data": data,
@@ -202,8 +204,8 @@ def run(config: RunConfig, method: GenerateMethod, resume_dir: Path | None = Non
                  else None)
 
     with running(config, resume_dir) as ctx:
-        loader = train_loader(ctx, dataset)
-        train_ctx = TrainContext(config, ctx.device, loader, ctx.run_dir, ctx.console,
+        train_ctx = TrainContext(config, ctx.device, lambda: train_loader(ctx, dataset),
+                                 ctx.run_dir, ctx.console,
                                  method.to_model_space, shape, dataset.num_classes)
         if codec is not None:
             codec.to(ctx.device)
@@ -226,8 +228,8 @@ def run(config: RunConfig, method: GenerateMethod, resume_dir: Path | None = Non
             train_seconds = time.perf_counter() - start
             summary.update(method.after_training(model, train_ctx))
         else:
-            trainer = Trainer(config, denoiser, method, loader, None, ctx.device, ctx.run_dir,
-                              ctx.dist, ctx.console)
+            trainer = Trainer(config, denoiser, method, train_ctx.loader, None, ctx.device,
+                              ctx.run_dir, ctx.dist, ctx.console)
             if ctx.resumed and trainer.resume():
                 ctx.console.print(f"resumed {ctx.run_dir} after epoch {trainer.start_epoch}")
             result = trainer.fit()

@@ -211,7 +211,8 @@ def test_with_an_exact_base_velocity_the_best_refiner_output_is_zero(monkeypatch
     base = PointMass(target.float())
     data = (target.float().expand(16, *SHAPE) + 1) / 2  # to_model_space below maps it back
     config = config_for("flowturbo", steps=6)  # H, P, R = 1, 3, 2: the refiner from t = 4/6
-    ctx = TrainContext(config, torch.device("cpu"), [(data, torch.zeros(16, dtype=torch.long))],
+    ctx = TrainContext(config, torch.device("cpu"),
+                       lambda: [(data, torch.zeros(16, dtype=torch.long))],
                        None, None, lambda images: images * 2 - 1, SHAPE, CLASSES)
     method = FlowTurbo({"refiner_width": 8, "refiner_train_steps": 150, "refiner_lr": 3e-3},
                        config)
@@ -234,7 +235,7 @@ def test_the_refiner_is_saved_for_sampling_and_reused(tmp_path):
     loader = [(data, torch.arange(12) % CLASSES)]
     config = config_for("flowturbo", steps=5)
     method = FlowTurbo({"refiner_width": 8, "refiner_train_steps": 3}, config)
-    ctx = TrainContext(config, torch.device("cpu"), loader, None, None,
+    ctx = TrainContext(config, torch.device("cpu"), lambda: loader, None, None,
                        lambda images: images * 2 - 1, SHAPE, CLASSES)
     trained = method.after_training(model, ctx)
     assert trained["refiner_reused"] is False and trained["refiner_train_steps"] == 3

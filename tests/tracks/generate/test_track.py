@@ -55,8 +55,10 @@ def test_a_run_trains_samples_and_measures(trained):
 
 def test_init_reuses_the_networks_without_training(trained):
     first = trained / "generate" / "ddim_cfg" / "cfg"
+    # a sampling-only run builds no training loader: a batch larger than the data is fine
+    evaluator = summary_of(first)["evaluator_dir"]
     main(["run", "generate", "ddim", "--name", "reuse", "--init", str(first),
-          *common(trained)])
+          *common(trained, "data.batch_size=512", f"generate.evaluator={evaluator}")])
     summary = summary_of(trained / "generate" / "ddim" / "reuse")
     assert summary["train_seconds"] == 0 and summary["init"] == str(first)
     assert summary["nfe"] == 3  # conditional DDIM: one evaluation a step
