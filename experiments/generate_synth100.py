@@ -126,8 +126,13 @@ def ppgn(out: Path, data: Path, seed: int) -> list[tuple[str, dict[str, Any]]]:
     condition, _ = runs.run(out, "classify", "erm", f"condition-s{seed}",
                             ["--data", str(data), "-q", "--model", "resnet20", "--batch-size",
                              "64", "--epochs", "15", "--seed", str(seed + 1)])
+    # measured by the evaluator of the other groups (their runs train at batch 32, PPGN at 64,
+    # and the cached evaluator follows a run's data settings)
+    evaluator = sample(out, data, "ddpm", f"ddpm-s{seed}", seed, None, "--steps",
+                       "20")["evaluator_dir"]
     own = ("--epochs", "20", "--batch-size", "64", "--steps", "50",
-           "--set", f"method_params.condition={condition}")
+           "--set", f"method_params.condition={condition}",
+           "--set", f"generate.evaluator={evaluator}")
     base = runs.run(out, "generate", "ppgn", f"ppgn-s{seed}",
                     ["--data", str(data), "-q", "--set", "generate.samples_per_class=16",
                      *own, "--seed", str(seed)])[1]
@@ -161,13 +166,49 @@ def dit(out: Path, data: Path, seed: int) -> list[tuple[str, dict[str, Any]]]:
 GROUPS = {"diffusion": diffusion, "latent": latent, "flow": flow, "ppgn": ppgn, "dit": dit}
 
 
+FIGURE = (("DDPM, 20 steps", "ddpm/ddpm-s0"), ("DDIM + CFG w 4, 20 steps", "ddim_cfg/cfg4-s0"),
+          ("latent DDIM + CFG w 2", "ddim_cfg/latent-cfg2-s0"),
+          ("flow, Euler 20 steps", "flow_euler/euler-s0"),
+          ("FlowTurbo H2 P4 R3 (8 NFE)", "flowturbo/turbo9-s0"),
+          ("DiT, flow Euler 20", "flow_euler/dit-euler-s0"),
+          ("PPGN, 50 steps", "ppgn/ppgn-s0"))
+
+
+def figure(out: Path, path: Path) -> None:
+    """Seed 0's sample grids side by side (a row per class, 8 samples each): the README's
+    figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    grids = [(label, out / "generate" / run / "samples.png") for label, run in FIGURE]
+    grids = [(label, grid) for label, grid in grids if grid.is_file()]
+    fig, axes = plt.subplots(1, len(grids), figsize=(2.6 * len(grids), 3.6))
+    for axis, (label, grid) in zip(axes, grids):
+        axis.imshow(Image.open(grid))
+        axis.set_title(label, fontsize=8)
+        axis.axis("off")
+    fig.suptitle("synth100, 16 px, 10 classes (a row per class), seed 0", fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    print(f"wrote {path}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="runs/generate-table")
-    parser.add_argument("--group", choices=sorted(GROUPS), required=True)
+    parser.add_argument("--group", choices=sorted(GROUPS) + ["figure"], required=True)
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--figure", default="docs/figures/generate_samples.png",
+                        help="where --group figure writes the sample grids")
     args = parser.parse_args()
-    table(Path(args.out), args.seeds, GROUPS[args.group])
+    if args.group == "figure":
+        figure(Path(args.out), Path(args.figure))
+    else:
+        table(Path(args.out), args.seeds, GROUPS[args.group])
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import re
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Iterable, Literal, Optional
 
 import yaml
 from pydantic import (BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator,
@@ -397,10 +397,11 @@ RESULT_NEUTRAL_KEYS = frozenset({
     "data.device_budget_gb", "model.channels_last", "model.compile"})
 
 
-def result_settings(config: RunConfig) -> dict[str, Any]:
-    """``config`` as a nested dict without :data:`RESULT_NEUTRAL_KEYS` (and the seed)."""
+def result_settings(config: RunConfig, also_drop: Iterable[str] = ()) -> dict[str, Any]:
+    """``config`` as a nested dict without :data:`RESULT_NEUTRAL_KEYS` (and the seed), nor
+    the dotted keys of ``also_drop``."""
     settings = config.model_dump(mode="json")
-    for key in RESULT_NEUTRAL_KEYS:
+    for key in (*RESULT_NEUTRAL_KEYS, *also_drop):
         *parents, last = key.split(".")
         node = settings
         for part in parents:

@@ -23,6 +23,10 @@ A track is one folder, ``hundred/tracks/<name>/`` (or any package named in the
 * ``grid`` — per tuning budget, the shared search grid that replaces the budget's own for this
   track's methods (for a track whose loop does not train a network, where epochs and batch
   sizes mean nothing);
+* ``seed_paired`` — config keys naming an upstream run that an experiment takes one of per
+  seed (the trained network a sampling run reuses, the condition classifier of PPGN): the
+  settings digest ignores them, so runs differing only in them and in the seed are one
+  report row (averaged over seeds) rather than one row per seed;
 * ``commands`` — a function adding the track's own CLI commands (``hundred X``,
   ``hundred data X``), ``"module:function"``.
 
@@ -215,6 +219,7 @@ class Track:
     commands: str | None = None
     phase_setup: str | None = None
     grid: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    seed_paired: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         keys = [s.key for s in self.shortcuts] + list(self.protocol_fixed)

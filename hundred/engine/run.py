@@ -214,7 +214,13 @@ def settings_digest(config: RunConfig) -> str:
     """A short hash of everything in ``config`` that changes results, except the seed
     (:func:`~hundred.config.result_settings`): runs with the same digest differ only by seed,
     so reports may average them."""
-    text = json.dumps(result_settings(config), sort_keys=True)
+    from hundred.registry import get_track
+
+    try:  # the upstream runs an experiment takes one of per seed (Track.seed_paired)
+        paired = get_track(config.track).seed_paired
+    except HundredError:
+        paired = ()
+    text = json.dumps(result_settings(config, paired), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 

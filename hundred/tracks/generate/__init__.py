@@ -43,5 +43,9 @@ TRACK = Track(
         "generate.denoiser_options": "the network is the experiment's, not a sampler setting"},
     check_methods=("ddim_cfg", "flowturbo"),
     phase_setup=".protocol:phase_generators",
+    # the upstream runs an experiment takes one of per seed: a sampling run's trained network,
+    # its VAE, PPGN's condition classifier, SFD's encoder (report rows average over seeds)
+    seed_paired=("generate.init", "generate.latent", "method_params.condition",
+                 "method_params.encoder"),
     commands=".cli:add_commands",
 )

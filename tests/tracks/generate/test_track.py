@@ -105,3 +105,17 @@ def test_latent_diffusion_with_a_vae_trained_by_hundred(trained):
                   "attention: [false, false], norm_num_groups: 4}")])
     summary = summary_of(trained / "generate" / "ddim" / "latent")
     assert summary["latent"] == str(vae_dir) and summary["fd"] >= 0
+
+
+def test_runs_differing_only_in_their_per_seed_upstream_run_share_a_settings_digest():
+    from hundred.config import build_config
+    from hundred.engine.run import settings_digest
+
+    def digest(*overrides: str) -> str:
+        return settings_digest(build_config(overrides=["track=generate", "method=ddim",
+                                                       *overrides]))
+
+    assert digest("generate.init=a/ddpm-s0", "seed=0") == digest("generate.init=a/ddpm-s1",
+                                                                "seed=1")
+    assert digest("generate.init=a/ddpm-s0") != digest("generate.init=a/ddpm-s0",
+                                                       "generate.steps=10")
