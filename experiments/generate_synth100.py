@@ -2,8 +2,10 @@
 synth100 at 16 px, 10 classes, 100 training and 50 validation images a class (the packed data
 of experiments/compress_synth100.py), with a small class-conditional UNet (diffusers
 UNet2DModel, widths 32/64, attention at 8 px, 0.7 M parameters), AdamW 1e-3, batch 32, 20
-epochs (620 steps), EMA 0.999 with warm-up, label dropout 0.1; 16 samples a class (160) measured against the 500 val
-images with the cached evaluator (a ResNet-20 classify run, 15 epochs): feature Fréchet
+epochs (620 steps), EMA 0.999 with warm-up, label dropout 0.1; 16 samples a class (160)
+measured against the 500 val images with the cached evaluator (a ResNet-20 classify run, 15
+epochs, batch 32 like the runs; PPGN, which trains at batch 64, is pinned to the same one):
+feature Fréchet
 distance (``fd``, not FID), precision / recall, the evaluator's top-1 on the samples, NFE and
 images/s (the latter on a shared CPU: compare within a group only). Groups (``--group``):
 
