@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from hundred.engine.method import Method
+from hundred.errors import HundredError
 
 if TYPE_CHECKING:
     from hundred.config import RunConfig
@@ -151,8 +152,8 @@ class GenerateMethod(Method):
             from hundred.tracks.generate.flow import flow_loss
 
             return flow_loss(model, x1, labels)
-        raise NotImplementedError(f"{self.name}: objective {self.objective!r} trains in "
-                                  "train_own, not with loss")
+        raise HundredError(f"generate/{self.name}: objective {self.objective!r} has no "
+                           "training loss here: the method trains its networks in train_own")
 
     def after_training(self, model: nn.Module, ctx: TrainContext) -> dict[str, Any]:
         """Train what the method adds on top of the trained denoiser (e.g. FlowTurbo's
@@ -164,7 +165,8 @@ class GenerateMethod(Method):
     def train_own(self, ctx: TrainContext) -> nn.Module:
         """Objective ``own``: train the method's networks; returns the module ``sample``
         gets as ``model``."""
-        raise NotImplementedError(f"{self.name}: objective 'own' needs train_own")
+        raise HundredError(f"generate/{self.name}: objective 'own' but no train_own: say how "
+                           "the method trains its networks, or use objective ddpm / flow")
 
     def state_for_sampling(self) -> dict[str, torch.Tensor]:
         """Tensors beyond the denoiser that sampling needs (e.g. refiner weights), saved in
