@@ -120,12 +120,15 @@ class GenerateMethod(Method):
         writes nothing. Nothing by default."""
 
     # -- training ------------------------------------------------------------------------------
+    def to_pixels(self, images: torch.Tensor) -> torch.Tensor:
+        """The loader's normalised batch -> [-1, 1] pixels."""
+        from hundred.tracks.generate.pixels import from_loader
+
+        return from_loader(images, self.config.data.mean, self.config.data.std)
+
     def to_model_space(self, images: torch.Tensor) -> torch.Tensor:
         """The loader's normalised batch -> [-1, 1] pixels -> the denoiser's space."""
-        data = self.config.data
-        mean = torch.tensor(data.mean, device=images.device).view(1, -1, 1, 1)
-        std = torch.tensor(data.std, device=images.device).view(1, -1, 1, 1)
-        pixels = (images.float() * std + mean) * 2 - 1
+        pixels = self.to_pixels(images)
         return pixels if self.codec is None else self.codec.encode(pixels)
 
     def denoiser_shape(self, shape: tuple[int, int, int]) -> tuple[int, int, int]:

@@ -32,7 +32,6 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from hundred.errors import HundredError
@@ -299,13 +298,12 @@ class FeatureNet(nn.Module):
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        from hundred.tracks.generate.pixels import to_classifier
+
         x = images.float()
         if x.shape[1] == 1:
             x = x.repeat(1, 3, 1, 1)
-        if self.image_size is not None and x.shape[-2:] != (self.image_size, self.image_size):
-            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear",
-                              align_corners=False, antialias=True)
-        x = ((x.clamp(-1, 1) + 1) / 2 - self.mean) / self.std
+        x = to_classifier(x, self.mean, self.std, self.image_size, clamp=True)
         logits, features = self.model(x, return_features=True)
         return features.float(), logits.float().softmax(dim=1)
 

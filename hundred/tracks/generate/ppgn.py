@@ -48,11 +48,9 @@ class PixelClassifier(nn.Module):
                              .view(1, -1, 1, 1), persistent=False)
 
     def _input(self, pixels: torch.Tensor) -> torch.Tensor:
-        size = self.spec.get("image_size")
-        if size and pixels.shape[-1] != size:
-            pixels = nn.functional.interpolate(pixels, size=(size, size), mode="bilinear",
-                                               align_corners=False)
-        return ((pixels + 1) / 2 - self.mean) / self.std
+        from hundred.tracks.generate.pixels import to_classifier
+
+        return to_classifier(pixels, self.mean, self.std, self.spec.get("image_size") or None)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.classifier(self._input(pixels))

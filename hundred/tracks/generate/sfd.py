@@ -170,11 +170,9 @@ class SemanticLatent(nn.Module):
         """The encoder's last-stage map ``[B, D, h, w]`` of images in [-1, 1]."""
         from hundred.models.taps import capture_stages
 
-        x = (images.float() + 1) / 2
-        if x.shape[-1] != self.input_size:
-            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear",
-                              align_corners=False, antialias=True)
-        x = (x - self.mean) / self.std
+        from hundred.tracks.generate.pixels import to_classifier
+
+        x = to_classifier(images, self.mean, self.std, self.input_size)
         with torch.no_grad(), capture_stages(self.encoder, [self.last_stage]) as outputs:
             self.encoder(x)
         return _as_map(outputs[0])

@@ -100,14 +100,10 @@ class VAELoss(Method):
         super().__init__(None, config)
         self.kl_weight = kl_weight
 
-    def to_pixels(self, images: torch.Tensor) -> torch.Tensor:
-        data = self.config.data
-        mean = torch.tensor(data.mean, device=images.device).view(1, -1, 1, 1)
-        std = torch.tensor(data.std, device=images.device).view(1, -1, 1, 1)
-        return (images.float() * std + mean) * 2 - 1
-
     def loss(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        pixels = self.to_pixels(images)
+        from hundred.tracks.generate.pixels import from_loader
+
+        pixels = from_loader(images, self.config.data.mean, self.config.data.std)
         posterior = model.encode(pixels).latent_dist
         reconstruction = model.decode(posterior.sample()).sample
         kl = posterior.kl().mean() / posterior.mean[0].numel()

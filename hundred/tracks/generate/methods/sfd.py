@@ -104,15 +104,9 @@ class SFD(GenerateMethod):
         """Texture + semantic channels + the semantic time map, on the texture's grid."""
         return (shape[0] + self.params.semantic_channels + 1, shape[1], shape[2])
 
-    def _pixels(self, images: torch.Tensor) -> torch.Tensor:
-        data = self.config.data
-        mean = torch.tensor(data.mean, device=images.device).view(1, -1, 1, 1)
-        std = torch.tensor(data.std, device=images.device).view(1, -1, 1, 1)
-        return (images.float() * std + mean) * 2 - 1
-
     def to_model_space(self, images: torch.Tensor) -> torch.Tensor:
         """The composite latent ``[texture | semantic]`` of a loader batch."""
-        pixels = self._pixels(images)
+        pixels = self.to_pixels(images)
         texture = pixels if self.codec is None else self.codec.encode(pixels)
         if "semantic" not in self.frozen:
             raise RuntimeError("SFD's semantic latent is built in setup (before training)")
