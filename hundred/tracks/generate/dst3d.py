@@ -603,7 +603,7 @@ def dst3d_pack(meshes: str | os.PathLike, out: str | os.PathLike, *,
     from hundred.data.pack import FORMAT, FORMAT_VERSION, is_packed, record_arrays
     from hundred.engine.trainer import resolve_device
     from hundred.io import check_replaceable, write_json
-    from hundred.tracks.robust.poison import building_copy, publish_copy
+    from hundred.data.copies import building_copy, publish_copy
 
     started = time.time()
     checked = check_settings(**settings)

@@ -265,8 +265,8 @@ def corrupt_packed(source: str | os.PathLike, out: str | os.PathLike,
     from hundred import __version__
     from hundred.data.pack import META, load_packed, record_arrays
     from hundred.data.subset import fingerprint
-    from hundred.tracks.robust.poison import (building_copy, check_copy_paths,
-                                              check_copy_space, publish_copy)
+    from hundred.data.copies import (building_copy, check_copy_paths, check_copy_space,
+                                     publish_copy)
 
     corruptions, severities = parse_corruptions(corruptions), parse_severities(severities)
     if isinstance(seed, bool) or not isinstance(seed, int):

@@ -39,7 +39,6 @@ backdoors ``blto`` and ``patch`` live in :mod:`hundred.tracks.robust.backdoor`.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from contextlib import contextmanager
 
 import argparse
 import hashlib
@@ -50,11 +49,13 @@ import shutil
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterator, TypeVar
+from typing import Any, Callable, ClassVar, TypeVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from hundred.data.copies import (building_copy, check_copy_paths, check_copy_space,
+                                   publish_copy)
 from hundred.errors import HundredError
 
 SPLIT = "train"  # the only split a poison touches; every other split is copied unchanged
@@ -235,60 +236,6 @@ def _check_request(method: str, key: Any, fraction: Any, params: dict[str, Any]
         raise HundredError(f"poison {method}: {problems}") from None
 
 
-def check_copy_paths(source: Path, out: Path, replace: bool) -> None:
-    """HundredError unless ``source`` is a packed dataset and ``out`` a place for a copy of
-    it: not the source, not inside it (nor it inside ``out``), and free unless ``replace``."""
-    from hundred.data.pack import is_packed
-
-    if not source.exists():
-        raise HundredError(f"{source} does not exist: give a packed directory "
-                           f"(hundred data pack SOURCE --res R --out DIR)")
-    if not is_packed(source):
-        raise HundredError(f"{source} is not a packed dataset (no meta.json of format "
-                           f"hundred-packed): pack it first with hundred data pack SOURCE "
-                           f"--res R --out DIR")
-    real_source, real_out = source.resolve(), out.resolve()
-    if real_out == real_source:
-        raise HundredError(f"--out {out} is the source itself; a copy is written")
-    if real_source in real_out.parents or real_out in real_source.parents:
-        raise HundredError(f"--out {out} and the source {source} lie inside one another; "
-                           f"choose an --out beside the source")
-    if (out.exists() or out.is_symlink()) and not replace:
-        raise HundredError(f"{out} already exists; choose another --out or pass --replace")
-    from hundred.io import check_replaceable
-
-    check_replaceable(out, replace, is_packed, "packed dataset")
-
-
-@contextmanager
-def building_copy(out: Path) -> Iterator[Path]:
-    """A fresh ``OUT.partial-<pid>`` directory to build a packed copy in, removed when the
-    block fails; :func:`publish_copy` renames it into place."""
-    partial = out.with_name(f"{out.name}.partial-{os.getpid()}")
-    try:
-        if partial.exists():  # left by an earlier failed call of this very process
-            shutil.rmtree(partial)
-        partial.mkdir(parents=True)
-    except OSError as error:
-        raise HundredError(f"cannot write the output next to {out}: {error}") from None
-    try:
-        yield partial
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-
-
-def publish_copy(partial: Path, out: Path, meta: dict[str, Any], replace: bool) -> None:
-    """Write ``meta`` last (its presence marks a finished copy), sync, and rename ``partial``
-    to ``out`` (replacing a packed dataset there only when ``replace``)."""
-    from hundred.data.pack import META, is_packed
-    from hundred.io import fsync_path, publish_directory, write_json
-
-    write_json(partial / META, meta)
-    fsync_path(partial)
-    publish_directory(partial, out, replace, is_packed, "packed dataset")
-
-
 def _selection(key: int, count: int, fraction: float) -> np.ndarray:
     """Boolean mask of the ``round(fraction * count)`` rows to poison, uniform without
     replacement over the split (drawn from the key's selection stream)."""
@@ -300,18 +247,6 @@ def _selection(key: int, count: int, fraction: float) -> np.ndarray:
         rng = np.random.default_rng([key, SELECTION_STREAM])
         mask[rng.choice(count, size=chosen, replace=False)] = True
     return mask
-
-
-def check_copy_space(out: Path, meta: dict[str, Any]) -> None:
-    """HundredError unless the disk under ``out`` holds the files ``meta`` lists (+ 1 MiB)."""
-    needed = sum(int(facts["bytes"]) for facts in meta["files"].values()) + (1 << 20)
-    existing = out.parent
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    free = shutil.disk_usage(existing).free
-    if needed > free:
-        raise HundredError(f"the copy needs {needed / 1e9:.2f} GB, but {existing} has "
-                           f"{free / 1e9:.2f} GB free")
 
 
 def _write_split(partial: Path, source: Path, entry: dict[str, Any], labels: np.ndarray,
