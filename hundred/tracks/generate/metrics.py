@@ -220,7 +220,9 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
     if images.ndim != 4 or images.shape[1] not in (1, 3):
         raise HundredError(f"images must be [N, 1 or 3, H, W], got {tuple(images.shape)}")
     if images.dtype != torch.uint8:
-        images = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        from hundred.tracks.generate.pixels import to_uint8 as pixels_to_uint8
+
+        images = pixels_to_uint8(images)
     if images.shape[1] == 1:
         images = images.repeat(1, 3, 1, 1)
     return images

@@ -35,3 +35,13 @@ def to_classifier(pixels: torch.Tensor, mean: Sequence[float] | torch.Tensor,
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
                           antialias=True)
     return ((x + 1) / 2 - _per_channel(mean, x)) / _per_channel(std, x)
+
+
+def to_uint8(pixels: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] pixels (clipped) -> uint8 in [0, 255], the same layout."""
+    return ((pixels.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+def from_uint8(images: torch.Tensor) -> torch.Tensor:
+    """uint8 in [0, 255] -> float pixels in [-1, 1]."""
+    return images.float() / 127.5 - 1

@@ -38,6 +38,7 @@ from safetensors.torch import load_file, save_file
 from hundred.config import RunConfig, build_config
 from hundred.errors import HundredError
 from hundred.tracks.generate.method import GenerateMethod, SampleContext, TrainContext
+from hundred.tracks.generate.pixels import from_uint8, to_uint8
 
 SAMPLING_STATE = "sampling.safetensors"  # the method's sampling state (refiner, own networks)
 DENOISER = "denoiser.safetensors"  # the weights samples were drawn with (EMA when kept)
@@ -121,13 +122,12 @@ def real_images(dataset: Any, split: str) -> tuple[torch.Tensor, np.ndarray]:
     """A split's images as float [-1, 1] NCHW and its labels."""
     arrays = dataset.arrays(split)
     images = torch.from_numpy(np.ascontiguousarray(arrays.images)).permute(0, 3, 1, 2)
-    return images.float() / 127.5 - 1, np.asarray(arrays.labels)
+    return from_uint8(images), np.asarray(arrays.labels)
 
 
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """[-1, 1] NCHW -> uint8 NHWC."""
-    pixels = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return pixels.permute(0, 2, 3, 1).cpu().numpy()
+def grid_images(images: torch.Tensor) -> np.ndarray:
+    """[-1, 1] NCHW -> uint8 NHWC, what :func:`hundred.report.grid.save_grid` draws."""
+    return to_uint8(images).permute(0, 2, 3, 1).cpu().numpy()
 
 
 @torch.no_grad()
@@ -275,7 +275,7 @@ def run(config: RunConfig, method: GenerateMethod, resume_dir: Path | None = Non
                         "nfe": nfe, "images_per_second": round(images_per_second, 2),
                         "samples": len(fake_labels)})
         if ctx.dist.is_main:
-            save_grid(to_uint8(fake), fake_labels, ctx.run_dir / "samples.png",
+            save_grid(grid_images(fake), fake_labels, ctx.run_dir / "samples.png",
                       max_per_class=settings.grid_per_class, max_classes=dataset.num_classes)
         return finish_run(ctx, summary, title=f"generate {method.name}", dataset=dataset)
 
