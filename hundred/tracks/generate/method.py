@@ -35,9 +35,6 @@ if TYPE_CHECKING:
     from hundred.config import RunConfig
     from hundred.tracks.generate.config import GenerateConfig
 
-OBJECTIVES = ("ddpm", "flow", "sfd", "own")
-
-
 @dataclass
 class SampleContext:
     """What a sampler needs besides the network: the settings, the shape and number of
@@ -97,7 +94,8 @@ class GenerateMethod(Method):
     """Base class of the generate track's methods (a sampler, and what it trains)."""
 
     # what the denoiser is trained on: "ddpm" (noise prediction), "flow" (velocity on the
-    # straight path) or "own" (the method trains its own networks: :meth:`train_own`)
+    # straight path), a method's own loss on its own space ("sfd") or "own" (the method trains
+    # its own networks: :meth:`train_own`); runs of one objective share trained networks
     objective: ClassVar[str] = "ddpm"
     # methods with the same objective can share one trained denoiser (``generate.init``)
     default_guidance: ClassVar[float] = 1.0  # w when generate.guidance is None

@@ -26,7 +26,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -82,7 +81,7 @@ def evaluator_run(config: RunConfig, console: Any) -> Path:
 
 
 def load_init(run_dir: Path, config: RunConfig, method: GenerateMethod
-              ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], RunConfig]:
+              ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """The denoiser weights and the method's sampling state of the finished generate run
     ``run_dir``, checked against this run (same data, denoiser, objective and latent space)."""
     summary_path = run_dir / "summary.json"
@@ -115,7 +114,7 @@ def load_init(run_dir: Path, config: RunConfig, method: GenerateMethod
             raise HundredError(f"generate.init {run_dir} has no {DENOISER}")
         weights = load_file(run_dir / DENOISER)
     state = load_file(run_dir / SAMPLING_STATE) if (run_dir / SAMPLING_STATE).is_file() else {}
-    return weights, state, found
+    return weights, state
 
 
 def real_images(dataset: Any, split: str) -> tuple[torch.Tensor, np.ndarray]:
@@ -190,7 +189,7 @@ def run(config: RunConfig, method: GenerateMethod, resume_dir: Path | None = Non
     init_weights: dict[str, torch.Tensor] = {}
     init_state: dict[str, torch.Tensor] = {}
     if init_dir is not None:
-        init_weights, init_state, _ = load_init(init_dir, config, method)
+        init_weights, init_state = load_init(init_dir, config, method)
         if denoiser is not None:
             try:
                 denoiser.load_state_dict(init_weights)
@@ -279,6 +278,3 @@ def run(config: RunConfig, method: GenerateMethod, resume_dir: Path | None = Non
                       max_per_class=settings.grid_per_class, max_classes=dataset.num_classes)
         return finish_run(ctx, summary, title=f"generate {method.name}", dataset=dataset)
 
-
-def summary_json(run_dir: Path) -> dict[str, Any]:
-    return json.loads((run_dir / "summary.json").read_text())
